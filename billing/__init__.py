@@ -1,0 +1,1 @@
+"""Money: plans, subscriptions, seat and read entitlements, usage, Stripe webhooks."""

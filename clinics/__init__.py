@@ -1,0 +1,1 @@
+"""The clinic's world: tenancy, the event log, records, consults."""

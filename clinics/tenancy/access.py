@@ -1,0 +1,49 @@
+"""Tenant-checked fetches by id.
+
+Every object a client names by id is fetched here, scoped to the actor's clinic
+in the query itself. Missing and foreign objects raise the same ``NotFound``, so
+a caller cannot tell another clinic's ids from nonexistent ones.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from typing import TypeVar
+
+from django.db.models import Model, QuerySet
+
+from clinics.tenancy.actor import Actor
+from clinics.tenancy.models import ApiKey, Invitation, Membership
+from xcaliber.lib.problems import NotFound
+
+M = TypeVar("M", bound=Model)
+
+
+def _get_scoped(queryset: QuerySet[M], object_id: uuid.UUID | str, label: str) -> M:
+    try:
+        return queryset.get(id=object_id)
+    except (queryset.model.DoesNotExist, ValueError):
+        raise NotFound(f"No {label} with id {object_id}.") from None
+
+
+def access_membership(*, actor: Actor, membership_id: uuid.UUID, for_update: bool = False) -> Membership:
+    """The actor's clinic's membership ``membership_id``; ``for_update`` locks the row (needs a transaction)."""
+    queryset = Membership.objects.filter(clinic=actor.clinic).select_related("user")
+    if for_update:
+        queryset = queryset.select_for_update(of=("self",))
+    return _get_scoped(queryset, membership_id, "member")
+
+
+def access_invitation(*, actor: Actor, invitation_id: uuid.UUID, for_update: bool = False) -> Invitation:
+    queryset = Invitation.objects.filter(clinic=actor.clinic)
+    if for_update:
+        queryset = queryset.select_for_update()
+    return _get_scoped(queryset, invitation_id, "invitation")
+
+
+def access_api_key(*, actor: Actor, api_key_id: uuid.UUID, for_update: bool = False) -> ApiKey:
+    queryset = ApiKey.objects.filter(clinic=actor.clinic)
+    if for_update:
+        queryset = queryset.select_for_update()
+    return _get_scoped(queryset, api_key_id, "API key")

@@ -1,0 +1,1 @@
+"""The AI: findings vocabulary, the torch model, model versions, reads, feedback, workers."""

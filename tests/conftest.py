@@ -1,0 +1,114 @@
+"""Shared fixtures: a tenant cast (two clinics, every role) and authenticated HTTP clients."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from clinics.tenancy.models import ApiKey, Clinic, Membership, Role, User
+from clinics.tenancy.services import api_key_create
+
+PASSWORD = "correct horse battery staple"
+
+
+def service_required(name: str, reason: str) -> None:
+    """Skip when a local service is missing, except under CI, where that fails the run."""
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"{name} is required under CI=true: {reason}")
+    pytest.skip(f"{name} unavailable: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> Iterator[None]:
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def make_user(email: str | None = None, password: str = PASSWORD, full_name: str = "") -> User:
+    email = email or f"user-{secrets.token_hex(4)}@example.test"
+    return User.objects.create_user(email=email, password=password, full_name=full_name)
+
+
+def make_clinic(name: str | None = None, *, seat_limit: int = 10, kind: str = "clinic") -> Clinic:
+    name = name or f"Clinic {secrets.token_hex(3)}"
+    return Clinic.objects.create(name=name, slug=name.lower().replace(" ", "-"), kind=kind, seat_limit=seat_limit)
+
+
+def make_member(clinic: Clinic, role: str, *, email: str | None = None, active: bool = True) -> Membership:
+    user = make_user(email or f"{role}-{secrets.token_hex(3)}@{clinic.slug}.test")
+    return Membership.objects.create(clinic=clinic, user=user, role=role, is_active=active)
+
+
+def bearer_client(user: User, clinic: Clinic | None = None) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    if clinic is not None:
+        client.defaults["HTTP_X_CLINIC"] = str(clinic.id)
+    return client
+
+
+def key_client(clinic: Clinic, role: str = Role.VET) -> tuple[APIClient, ApiKey]:
+    issued = api_key_create(clinic=clinic, name=f"key-{role}", role=role)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    return client, issued.api_key
+
+
+@dataclass
+class Cast:
+    """Clinic A with one member of every role, and clinic B with its own owner (the outsider)."""
+
+    clinic: Clinic
+    other_clinic: Clinic
+    members: dict[str, Membership] = field(default_factory=dict)
+    outsider: Membership | None = None
+
+    def client(self, role: str) -> APIClient:
+        return bearer_client(self.members[role].user)
+
+    def outsider_client(self) -> APIClient:
+        assert self.outsider is not None
+        return bearer_client(self.outsider.user)
+
+
+@pytest.fixture
+def cast(db: None) -> Cast:
+    clinic = make_clinic("Alpha Vets", seat_limit=10)
+    other = make_clinic("Beta Vets", seat_limit=10)
+    result = Cast(clinic=clinic, other_clinic=other)
+    for role in (Role.OWNER, Role.ADMIN, Role.VET, Role.TECHNICIAN, Role.VIEWER):
+        result.members[role] = make_member(clinic, role, email=f"{role}@alpha.test")
+    result.outsider = make_member(other, Role.OWNER, email="owner@beta.test")
+    make_member(other, Role.VET, email="vet@beta.test")
+    return result
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def problem() -> Callable[..., dict[str, object]]:
+    """Assert a response is a problem document with the given status (and code), return its body."""
+
+    def check(response: object, status: int, code: str | None = None) -> dict[str, object]:
+        assert response.status_code == status, (response.status_code, getattr(response, "content", b"")[:500])  # type: ignore[attr-defined]
+        assert response["Content-Type"].startswith("application/problem+json"), response["Content-Type"]  # type: ignore[index]
+        body = response.json()  # type: ignore[attr-defined]
+        assert body["status"] == status
+        assert body["type"].endswith(body["code"])
+        assert body["title"] and body["detail"]
+        if code is not None:
+            assert body["code"] == code, body
+        return body  # type: ignore[no-any-return]
+
+    return check

@@ -1,0 +1,257 @@
+"""Settings, read from the environment.
+
+Two modes share this file:
+
+* ``XCALIBER_ENV=embedded`` (the default): SQLite, files on local disk, the
+  in-memory channel layer, a secret key generated on first run and kept in the
+  data directory. Nothing but Python is needed.
+* ``XCALIBER_ENV=production``: every secret and address comes from the
+  environment; start-up stops, naming the variable, when one is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from xcaliber.lib.env import env_bool, env_choice, env_int, env_list, env_secret, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+XCALIBER_ENV = env_choice("XCALIBER_ENV", ("embedded", "production"), "embedded")
+PRODUCTION = XCALIBER_ENV == "production"
+DATA_DIR = Path(env_str("XCALIBER_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+
+def _require(name: str, value: Any) -> Any:
+    if PRODUCTION and not value:
+        raise ImproperlyConfigured(f"XCALIBER_ENV=production requires {name}")
+    return value
+
+
+def _embedded_secret_key() -> str:
+    """A per-installation key kept in the data directory, created on first use."""
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    path = DATA_DIR / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text(encoding="utf-8").strip()
+        if len(key) < 50:
+            raise ImproperlyConfigured(f"{path} holds no usable secret key; delete it to regenerate") from None
+        return key
+    key = secrets.token_urlsafe(64)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+SECRET_KEY = _require("XCALIBER_SECRET_KEY", env_secret("XCALIBER_SECRET_KEY")) or _embedded_secret_key()
+if len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("XCALIBER_SECRET_KEY must be at least 32 characters")
+
+DEBUG = env_bool("XCALIBER_DEBUG", False)
+
+ALLOWED_HOSTS = env_list("XCALIBER_ALLOWED_HOSTS", () if PRODUCTION else ("127.0.0.1", "localhost", "[::1]"))
+_require("XCALIBER_ALLOWED_HOSTS", ALLOWED_HOSTS)
+
+_database_url = _require("DATABASE_URL", env_secret("DATABASE_URL")) or f"sqlite:///{DATA_DIR / 'db.sqlite3'}"
+try:
+    _database = dj_database_url.parse(_database_url, conn_max_age=env_int("XCALIBER_DB_CONN_MAX_AGE", 0))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    _database.setdefault("OPTIONS", {})
+    # WAL and a busy timeout let the web process and the in-process worker share the file.
+    _database["OPTIONS"].update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+    _database.setdefault("TEST", {})["NAME"] = env_str("XCALIBER_TEST_SQLITE_NAME", "") or None
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = _require("REDIS_URL", env_secret("REDIS_URL"))
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_simplejwt.token_blacklist",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "clinics",
+    "billing",
+    "inference",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "xcaliber.urls"
+ASGI_APPLICATION = "xcaliber.asgi.application"
+AUTH_USER_MODEL = "clinics.User"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+# collectstatic is for production images; the embedded default serves assets from the packages.
+STATIC_ROOT = DATA_DIR / "static" if PRODUCTION else None
+# Serve the offline API docs assets straight from the installed packages: no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = False
+
+# Files: local disk by default, S3 (or any S3-protocol server) when a bucket is named.
+S3_BUCKET = env_str("XCALIBER_S3_BUCKET", "")
+if S3_BUCKET:
+    _default_storage: dict[str, Any] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": S3_BUCKET,
+            "endpoint_url": env_str("XCALIBER_S3_ENDPOINT_URL", "") or None,
+            "region_name": env_str("XCALIBER_S3_REGION", "us-east-1"),
+            "access_key": env_secret("XCALIBER_S3_ACCESS_KEY_ID"),
+            "secret_key": env_secret("XCALIBER_S3_SECRET_ACCESS_KEY"),
+            "default_acl": None,
+            "querystring_auth": True,
+            "file_overwrite": False,
+            "addressing_style": env_choice("XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"),
+        },
+    }
+else:
+    _default_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DATA_DIR / "media")},
+    }
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "clinics.tenancy.authentication.BearerTokenAuthentication",
+        "clinics.tenancy.authentication.ApiKeyAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "xcaliber.lib.pagination.CreatedCursorPagination",
+    "DEFAULT_SCHEMA_CLASS": "xcaliber.lib.schema.ProblemAutoSchema",
+    "EXCEPTION_HANDLER": "xcaliber.lib.problems.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("XCALIBER_ACCESS_TOKEN_MINUTES", 10, minimum=1)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("XCALIBER_REFRESH_TOKEN_DAYS", 14, minimum=1)),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "UPDATE_LAST_LOGIN": False,
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": env_secret("XCALIBER_JWT_SIGNING_KEY") or SECRET_KEY,
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "USER_ID_FIELD": "id",
+    "USER_ID_CLAIM": "sub",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "X Caliber API",
+    "DESCRIPTION": (
+        "Veterinary X-ray AI reads: clinics, seats, studies, reads, referrals. "
+        "Every error is an RFC 9457 problem (`application/problem+json`) with a stable `code`. "
+        "People authenticate with `Authorization: Bearer <access token>`; systems with "
+        "`Authorization: Api-Key <key>`. A person in several clinics names one with the `X-Clinic` header."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "clinics.tenancy.models.Role",
+        "ClinicKindEnum": "clinics.tenancy.models.ClinicKind",
+    },
+}
+
+XCALIBER_PUBLIC_URL = env_str("XCALIBER_PUBLIC_URL", "http://127.0.0.1:8000")
+
+EMAIL_BACKEND = env_str(
+    "XCALIBER_EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend" if PRODUCTION else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_HOST = env_str("XCALIBER_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("XCALIBER_EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("XCALIBER_EMAIL_USER", "")
+EMAIL_HOST_PASSWORD = env_secret("XCALIBER_EMAIL_PASSWORD") or ""
+EMAIL_USE_TLS = env_bool("XCALIBER_EMAIL_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("XCALIBER_EMAIL_FROM", "X Caliber <noreply@localhost>")
+
+# X Caliber's own knobs.
+XCALIBER = {
+    "ALLOW_SIGNUP": env_bool("XCALIBER_ALLOW_SIGNUP", True),
+    "DEFAULT_SEAT_LIMIT": env_int("XCALIBER_DEFAULT_SEAT_LIMIT", 5, minimum=1),
+    "INVITATION_TTL_HOURS": env_int("XCALIBER_INVITATION_TTL_HOURS", 7 * 24, minimum=1),
+    "LOGIN_MAX_FAILURES": env_int("XCALIBER_LOGIN_MAX_FAILURES", 5, minimum=1),
+    "LOGIN_LOCKOUT_SECONDS": env_int("XCALIBER_LOGIN_LOCKOUT_SECONDS", 900, minimum=1),
+    "TRUSTED_PROXY_COUNT": env_int("XCALIBER_TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10),
+    "API_KEY_TOUCH_SECONDS": env_int("XCALIBER_API_KEY_TOUCH_SECONDS", 60, minimum=0),
+    "READYZ_TIMEOUT_SECONDS": env_int("XCALIBER_READYZ_TIMEOUT_SECONDS", 3, minimum=1),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("XCALIBER_LOG_LEVEL", "INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}
+
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
