@@ -11,12 +11,15 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (after Django is set up)
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
-from xcaliber.routing import websocket_urlpatterns  # noqa: E402
+from xcaliber.routing import UnknownRouteConsumer, websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        "websocket": AllowedHostsOriginValidator(
+            URLRouter([*websocket_urlpatterns, re_path(r"", UnknownRouteConsumer.as_asgi())])
+        ),
     }
 )

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
 
-from xcaliber.lib.problems import PROBLEM_CONTENT_TYPE, problem_body
+from xcaliber.lib.problems import PROBLEM_CONTENT_TYPE, problem_body, require_methods
 
 logger = logging.getLogger(__name__)
 
 
-@require_GET
+@require_methods("GET", "HEAD")
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
@@ -54,7 +55,16 @@ def check_channel_layer() -> None:
 
 
 def check_storage() -> None:
-    # exists() on a name that is never written: a HEAD on S3, a stat on disk.
+    if isinstance(default_storage, FileSystemStorage):
+        # exists() on local disk never fails (a missing or unusable directory just reads as "absent"),
+        # so check what saving needs: the location is, or can become, a directory we may write into.
+        # FileSystemStorage creates it the same way on the first save.
+        location = Path(default_storage.location)
+        location.mkdir(parents=True, exist_ok=True)
+        if not os.access(location, os.W_OK | os.X_OK):
+            raise PermissionError(f"{location} is not writable")
+        return
+    # exists() on a name that is never written: a HEAD on S3, which fails on a bad bucket or credentials.
     default_storage.exists("readyz/probe")
 
 
@@ -65,7 +75,7 @@ CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
-@require_GET
+@require_methods("GET", "HEAD")
 def readyz(request: HttpRequest) -> JsonResponse:
     results: dict[str, str] = {}
     for name, check in CHECKS.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
 from xcaliber.lib.env import env_bool, env_choice, env_int, env_list, env_secret, env_str
@@ -66,6 +67,9 @@ try:
     _database = dj_database_url.parse(_database_url, conn_max_age=env_int("XCALIBER_DB_CONN_MAX_AGE", 0))
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
+if _database["ENGINE"] == "django.db.backends.postgresql":
+    # Fail fast when the server does not answer, so /readyz reports it instead of hanging.
+    _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("XCALIBER_DB_CONNECT_TIMEOUT", 5))
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database.setdefault("OPTIONS", {})
     # WAL and a busy timeout let the web process and the in-process worker share the file.
@@ -147,6 +151,12 @@ if S3_BUCKET:
             "querystring_auth": True,
             "file_overwrite": False,
             "addressing_style": env_choice("XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"),
+            # botocore's defaults (60 s timeouts, several retries) would hold /readyz and requests for minutes.
+            "client_config": BotoConfig(
+                connect_timeout=env_int("XCALIBER_S3_CONNECT_TIMEOUT", 5, minimum=1),
+                read_timeout=env_int("XCALIBER_S3_READ_TIMEOUT", 30, minimum=1),
+                retries={"max_attempts": env_int("XCALIBER_S3_MAX_ATTEMPTS", 3, minimum=1), "mode": "standard"},
+            ),
         },
     }
 else:

@@ -356,6 +356,11 @@ def _active_owner_count(clinic: Clinic) -> int:
     return Membership.objects.filter(clinic=clinic, role=Role.OWNER, is_active=True).count()
 
 
+def _refresh_locked(membership: Membership) -> None:
+    """Re-read ``membership`` once the clinic row is locked: it was fetched before the lock and may be stale."""
+    membership.refresh_from_db(fields=["role", "is_active", "deactivated_at"])
+
+
 def _may_manage(actor: Actor, membership: Membership) -> None:
     if membership.role == Role.OWNER and actor.role != Role.OWNER:
         raise Forbidden("Only an owner can change another owner's membership.", code="role_insufficient")
@@ -368,6 +373,7 @@ def _may_manage(actor: Actor, membership: Membership) -> None:
 def membership_change_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
     """Change a member's role. Ownership moves only with :func:`ownership_transfer`."""
     clinic = _lock_clinic(actor.clinic.id)
+    _refresh_locked(membership)
     _may_manage(actor, membership)
     if role == membership.role:
         return membership
@@ -387,6 +393,7 @@ def membership_change_role(*, actor: Actor, membership: Membership, role: str) -
 def membership_deactivate(*, actor: Actor, membership: Membership) -> Membership:
     """Free the member's seat; they lose access to the clinic at once."""
     clinic = _lock_clinic(actor.clinic.id)
+    _refresh_locked(membership)
     _may_manage(actor, membership)
     if not membership.is_active:
         return membership
@@ -404,6 +411,7 @@ def membership_deactivate(*, actor: Actor, membership: Membership) -> Membership
 def membership_activate(*, actor: Actor, membership: Membership) -> Membership:
     """Give a deactivated member their seat back, if one is free."""
     clinic = _lock_clinic(actor.clinic.id)
+    _refresh_locked(membership)
     _may_manage(actor, membership)
     if membership.is_active:
         return membership
@@ -418,10 +426,18 @@ def membership_activate(*, actor: Actor, membership: Membership) -> Membership:
 
 @transaction.atomic
 def ownership_transfer(*, actor: Actor, membership: Membership) -> Membership:
-    """Make ``membership`` an owner and the acting owner an admin."""
+    """Make ``membership`` an owner and the acting owner an admin.
+
+    Locks the clinic row, then re-checks that the actor still owns the clinic and
+    that the target is still active, so concurrent transfers cannot mint two owners.
+    """
     if actor.role != Role.OWNER or actor.membership is None:
         raise Forbidden("Only an owner, signed in as a person, can transfer ownership.", code="role_insufficient")
     clinic = _lock_clinic(actor.clinic.id)
+    # The actor's role was read before the lock: a concurrent transfer may have taken it away.
+    if not Membership.objects.filter(id=actor.membership.id, role=Role.OWNER, is_active=True).exists():
+        raise Forbidden("You are no longer an owner of this clinic.", code="role_insufficient")
+    _refresh_locked(membership)
     if membership.id == actor.membership.id:
         raise Invalid("membership_id", "you already own this clinic", code="already_owner")
     if not membership.is_active:

@@ -8,8 +8,9 @@ The plain Django handlers at the bottom cover URLs outside DRF (404, 500).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -201,10 +202,7 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
         return _response(body)
 
     detail = exc.detail
-    if isinstance(detail, dict | list):
-        text = _summary(_flatten_validation(detail))
-    else:
-        text = str(detail)
+    text = _summary(_flatten_validation(detail)) if isinstance(detail, dict | list) else str(detail)
     code = exc.get_codes()
     if not isinstance(code, str):
         code = exc.default_code
@@ -233,6 +231,33 @@ def django_permission_denied(request: HttpRequest, exception: Exception | None =
 
 def django_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return _django_problem(request, 404, "not_found", f"No resource at {request.path}.")
+
+
+def django_method_not_allowed(request: HttpRequest, permitted: tuple[str, ...]) -> HttpResponse:
+    response = _django_problem(
+        request, 405, "method_not_allowed",
+        f"Method {request.method} is not allowed here; use {', '.join(permitted)}.",
+    )
+    response["Allow"] = ", ".join(permitted)
+    return response
+
+
+def require_methods(
+    *methods: str,
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Django's ``require_http_methods`` for plain views, answering 405 with a problem, not an empty page."""
+    permitted = tuple(method.upper() for method in methods)
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in permitted:
+                return django_method_not_allowed(request, permitted)
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorator
 
 
 def django_server_error(request: HttpRequest) -> HttpResponse:

@@ -71,9 +71,17 @@ class _KernelView(APIView):
         super().__init_subclass__(**kwargs)
         if cls.__module__ == __name__:
             return
+        # Whatever comes before the kernel in the MRO (the class itself, or a mixin listed ahead of the
+        # kernel base) wins attribute lookup, so none of it may define a locked attribute.
+        mro = cls.__mro__
+        kernel_at = next(index for index, klass in enumerate(mro) if klass.__module__ == __name__)
         for name in _LOCKED_ATTRIBUTES:
-            if name in cls.__dict__:
-                raise TypeError(f"{cls.__qualname__} may not override {name}: the tenant kernel owns it")
+            for klass in mro[:kernel_at]:
+                if name in vars(klass):
+                    where = "" if klass is cls else f" (through {klass.__qualname__})"
+                    raise TypeError(
+                        f"{cls.__qualname__} may not override {name}{where}: the tenant kernel owns it"
+                    )
 
     def origin(self) -> Origin:
         return request_origin(self.request)
@@ -126,7 +134,8 @@ class ClinicAPIView(_KernelView):
         handlers = {m for m in cls.http_method_names if m not in {"options", "head"} and hasattr(cls, m)}
         declared = set(getattr(cls, "required_roles", {}))
         if handlers - declared:
-            raise TypeError(f"{cls.__qualname__} must declare required_roles for {sorted(handlers - declared)}")
+            missing = sorted(handlers - declared)
+            raise TypeError(f"{cls.__qualname__} must declare required_roles for {missing}")
         unknown = {role for role in getattr(cls, "required_roles", {}).values() if role not in Role.values}
         if unknown:
             raise TypeError(f"{cls.__qualname__} names unknown roles {sorted(unknown)}")

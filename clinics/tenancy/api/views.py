@@ -110,9 +110,9 @@ class MemberDetailView(ClinicAPIView):
                    summary="Change a member's role (the last owner cannot be demoted)",
                    request=s.MembershipUpdateInputSerializer, responses={200: s.MembershipOutputSerializer})
     def patch(self, request: Request, membership_id: uuid.UUID) -> Response:
+        membership = access_membership(actor=self.actor, membership_id=membership_id)
         data = s.MembershipUpdateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        membership = access_membership(actor=self.actor, membership_id=membership_id)
         membership = services.membership_change_role(
             actor=self.actor, membership=membership, role=data.validated_data["role"]
         )

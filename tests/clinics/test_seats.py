@@ -1,0 +1,174 @@
+"""Seat limits: pending invitations hold seats; active memberships never exceed the clinic's limit.
+
+Concurrency is not exercised here (threads on SQLite are flaky); the services lock
+the clinic row before every seat check, which review covers.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from clinics.tenancy.actor import Actor
+from clinics.tenancy.models import AuditEntry, Clinic, Invitation, Membership, Role, User
+from clinics.tenancy.services import SeatLimitReached, membership_activate, seats_in_use
+from tests.conftest import PASSWORD, bearer_client, make_clinic, make_member
+
+pytestmark = pytest.mark.django_db
+
+INVITATIONS = "/api/v1/invitations/"
+ACCEPT = "/api/v1/invitations/accept/"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+class Small:
+    """A clinic of three seats with an owner and one vet (two seats taken, one free)."""
+
+    def __init__(self) -> None:
+        self.clinic = make_clinic("Tiny Vets", seat_limit=3)
+        self.owner = make_member(self.clinic, Role.OWNER, email="owner@tiny.test")
+        self.vet = make_member(self.clinic, Role.VET, email="vet@tiny.test")
+        self.client = bearer_client(self.owner.user)
+
+    def invite(self, email: str, role: str = Role.VIEWER) -> dict:
+        r = self.client.post(INVITATIONS, {"email": email, "role": role})
+        assert r.status_code == 201, r.content
+        return r.json()
+
+    def seats(self) -> dict:
+        return self.client.get("/api/v1/clinic/").json()["seats"]
+
+    def active(self) -> int:
+        return Membership.objects.filter(clinic=self.clinic, is_active=True).count()
+
+    def set_limit(self, limit: int) -> None:
+        Clinic.objects.filter(id=self.clinic.id).update(seat_limit=limit)
+
+
+@pytest.fixture
+def small(db: None) -> Small:
+    return Small()
+
+
+def state() -> tuple[int, int, int, int, int]:
+    return (User.objects.count(), Membership.objects.count(), Membership.objects.filter(is_active=True).count(),
+            Invitation.objects.count(), AuditEntry.objects.count())
+
+
+def test_seats_are_reported_on_the_clinic(small):
+    assert small.seats() == {"limit": 3, "active_members": 2, "pending_invitations": 0, "available": 1}
+    small.invite("a@example.test")
+    assert small.seats() == {"limit": 3, "active_members": 2, "pending_invitations": 1, "available": 0}
+
+
+def test_a_pending_invitation_holds_a_seat(small, problem, mailoutbox, django_capture_on_commit_callbacks):
+    small.invite("a@example.test")
+    before = state()
+    with django_capture_on_commit_callbacks(execute=True):
+        body = problem(small.client.post(INVITATIONS, {"email": "b@example.test", "role": "viewer"}), 409,
+                       "seat_limit_reached")
+    assert (body["seat_limit"], body["active"], body["pending_invitations"]) == (3, 2, 1)
+    assert state() == before
+    assert mailoutbox == []
+
+
+def test_revoking_frees_the_seat(small):
+    pending = small.invite("a@example.test")
+    assert small.client.delete(f"{INVITATIONS}{pending['id']}/").status_code == 204
+    assert small.seats()["available"] == 1
+    small.invite("b@example.test")
+
+
+def test_an_expired_invitation_frees_its_seat(small):
+    pending = small.invite("a@example.test")
+    Invitation.objects.filter(id=pending["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert small.seats()["pending_invitations"] == 0
+    small.invite("b@example.test")
+
+
+def test_deactivating_frees_a_seat(small):
+    small.invite("a@example.test")
+    assert small.client.post(f"/api/v1/members/{small.vet.id}/deactivate/").status_code == 200
+    assert small.seats() == {"limit": 3, "active_members": 1, "pending_invitations": 1, "available": 1}
+    small.invite("b@example.test")
+
+
+def test_activation_past_the_limit_conflicts(small, problem):
+    small.client.post(f"/api/v1/members/{small.vet.id}/deactivate/")
+    small.invite("a@example.test")
+    small.invite("b@example.test")
+    before = state()
+    problem(small.client.post(f"/api/v1/members/{small.vet.id}/activate/"), 409, "seat_limit_reached")
+    assert state() == before
+    small.vet.refresh_from_db()
+    assert not small.vet.is_active
+
+
+def test_activation_past_the_limit_conflicts_in_the_service(small):
+    small.vet.is_active = False
+    small.vet.save()
+    small.set_limit(1)
+    actor = Actor(clinic=small.clinic, role=Role.OWNER, user=small.owner.user, membership=small.owner)
+    with pytest.raises(SeatLimitReached):
+        membership_activate(actor=actor, membership=small.vet)
+    assert small.active() == 1
+
+
+def test_acceptance_when_seats_were_lowered_conflicts(small, anon, problem):
+    pending = small.invite("new@example.test")
+    small.set_limit(2)
+    before = state()
+    problem(anon.post(ACCEPT, {"token": pending["token"], "password": PASSWORD}), 409, "seat_limit_reached")
+    assert state() == before  # neither the new account nor a membership was kept
+    assert not User.objects.filter(email="new@example.test").exists()
+    assert Invitation.objects.get(id=pending["id"]).status == "pending"
+
+
+def test_acceptance_turns_the_held_seat_into_a_membership(small, anon):
+    small.set_limit(4)
+    first = small.invite("a@example.test")
+    second = small.invite("b@example.test")
+    assert small.seats()["available"] == 0
+    for issued in (first, second):
+        assert anon.post(ACCEPT, {"token": issued["token"], "password": PASSWORD}).status_code == 201
+    assert small.seats() == {"limit": 4, "active_members": 4, "pending_invitations": 0, "available": 0}
+
+
+def test_reactivation_by_invitation_respects_the_limit(small, anon, problem):
+    small.client.post(f"/api/v1/members/{small.vet.id}/deactivate/")
+    pending = small.invite("vet@tiny.test", role=Role.TECHNICIAN)
+    small.set_limit(1)
+    problem(anon.post(ACCEPT, {"token": pending["token"], "password": PASSWORD}), 409, "seat_limit_reached")
+    small.vet.refresh_from_db()
+    assert (small.vet.is_active, small.vet.role) == (False, Role.VET)
+
+
+def test_active_memberships_never_exceed_the_limit(small, anon):
+    """Every route to a seat is tried past the limit; the active count never passes it."""
+    client = small.client
+    issued = [small.invite("a@example.test")]
+    for email in ("b@example.test", "c@example.test"):
+        assert client.post(INVITATIONS, {"email": email, "role": "viewer"}).status_code == 409
+    assert anon.post(ACCEPT, {"token": issued[0]["token"], "password": PASSWORD}).status_code == 201
+    assert small.active() == 3
+    client.post(f"/api/v1/members/{small.vet.id}/deactivate/")
+    issued.append(small.invite("b@example.test"))
+    assert client.post(f"/api/v1/members/{small.vet.id}/activate/").status_code == 409
+    small.set_limit(2)
+    assert anon.post(ACCEPT, {"token": issued[1]["token"], "password": PASSWORD}).status_code == 409
+    small.clinic.refresh_from_db()
+    active, _ = seats_in_use(clinic=small.clinic)
+    assert active == small.active() <= small.clinic.seat_limit
+
+
+def test_seat_limit_is_per_clinic(small):
+    other = make_clinic("Other Vets", seat_limit=1)
+    make_member(other, Role.OWNER)
+    small.invite("a@example.test")  # Other Vets being full does not matter here
+    assert small.seats()["available"] == 0

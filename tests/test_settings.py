@@ -1,0 +1,211 @@
+"""Settings from the environment.
+
+Typed readers that fail loudly, production refusing to start half-configured, and the embedded mode
+keeping its generated secret key.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from xcaliber.lib.env import env_bool, env_choice, env_int, env_list, env_secret, env_str
+
+REPO = Path(__file__).resolve().parent.parent
+PRINT_SECRET = "import django; django.setup(); from django.conf import settings; print(settings.SECRET_KEY)"
+PRODUCTION_SECRET = "p" * 64
+REQUIRED_IN_PRODUCTION = ("XCALIBER_SECRET_KEY", "DATABASE_URL", "XCALIBER_ALLOWED_HOSTS", "REDIS_URL")
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def test_env_str_default_and_required() -> None:
+    assert env_str("NAME", "fallback", environ={}) == "fallback"
+    assert env_str("NAME", "fallback", environ={"NAME": "  "}) == "fallback"
+    assert env_str("NAME", environ={"NAME": " value "}) == "value"
+    with pytest.raises(ImproperlyConfigured, match="NAME must be set"):
+        env_str("NAME", environ={})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("TRUE", True), ("on", True), ("no", False),
+                                               ("0", False), ("", True)])
+def test_env_bool_reads_the_usual_spellings(raw: str, expected: bool) -> None:
+    assert env_bool("XCALIBER_FLAG", True, environ={"XCALIBER_FLAG": raw}) is expected
+
+
+def test_env_bool_refuses_anything_else_naming_the_variable() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"XCALIBER_FLAG.*'maybe'"):
+        env_bool("XCALIBER_FLAG", False, environ={"XCALIBER_FLAG": "maybe"})
+
+
+def test_env_int_parses_and_checks_bounds() -> None:
+    assert env_int("XCALIBER_N", 5, environ={}) == 5
+    assert env_int("XCALIBER_N", 5, minimum=1, maximum=10, environ={"XCALIBER_N": " 7 "}) == 7
+    with pytest.raises(ImproperlyConfigured, match=r"XCALIBER_N must be an integer.*'seven'"):
+        env_int("XCALIBER_N", 5, environ={"XCALIBER_N": "seven"})
+    with pytest.raises(ImproperlyConfigured, match="XCALIBER_N must be >= 1"):
+        env_int("XCALIBER_N", 5, minimum=1, environ={"XCALIBER_N": "0"})
+    with pytest.raises(ImproperlyConfigured, match="XCALIBER_N must be <= 10"):
+        env_int("XCALIBER_N", 5, maximum=10, environ={"XCALIBER_N": "11"})
+
+
+def test_env_list_drops_blanks() -> None:
+    assert env_list("HOSTS", ("a",), environ={}) == ["a"]
+    assert env_list("HOSTS", environ={"HOSTS": " x.test, ,y.test ,"}) == ["x.test", "y.test"]
+
+
+def test_env_choice_refuses_unknown_values_naming_the_variable() -> None:
+    assert env_choice("XCALIBER_MODE", ("a", "b"), "a", environ={}) == "a"
+    assert env_choice("XCALIBER_MODE", ("a", "b"), "a", environ={"XCALIBER_MODE": "b"}) == "b"
+    with pytest.raises(ImproperlyConfigured, match=r"XCALIBER_MODE must be one of a, b.*'c'"):
+        env_choice("XCALIBER_MODE", ("a", "b"), "a", environ={"XCALIBER_MODE": "c"})
+
+
+def test_env_secret_reads_the_variable_or_its_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "token"
+    secret_file.write_text("from-a-file\n", encoding="utf-8")
+
+    assert env_secret("TOKEN", environ={}) is None
+    assert env_secret("TOKEN", environ={"TOKEN": ""}) is None
+    assert env_secret("TOKEN", environ={"TOKEN": "direct"}) == "direct"
+    assert env_secret("TOKEN", environ={"TOKEN_FILE": str(secret_file)}) == "from-a-file"
+
+
+def test_env_secret_refuses_both_missing_and_empty_files(tmp_path: Path) -> None:
+    secret_file = tmp_path / "token"
+    secret_file.write_text("value", encoding="utf-8")
+    empty = tmp_path / "empty"
+    empty.write_text(" \n", encoding="utf-8")
+
+    with pytest.raises(ImproperlyConfigured, match="set TOKEN or TOKEN_FILE, not both"):
+        env_secret("TOKEN", environ={"TOKEN": "direct", "TOKEN_FILE": str(secret_file)})
+    with pytest.raises(ImproperlyConfigured, match=r"TOKEN_FILE: .* is empty"):
+        env_secret("TOKEN", environ={"TOKEN_FILE": str(empty)})
+    with pytest.raises(ImproperlyConfigured, match="TOKEN_FILE: cannot read"):
+        env_secret("TOKEN", environ={"TOKEN_FILE": str(tmp_path / "absent")})
+
+
+# ---------------------------------------------------------------------------- start-up, in fresh processes
+
+
+def _clean_environ(data_dir: Path, **variables: str) -> dict[str, str]:
+    """The current environment without any X Caliber configuration, plus ``variables``."""
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("XCALIBER_", "DATABASE_URL", "REDIS_URL", "DJANGO_"))
+    }
+    environ.update(DJANGO_SETTINGS_MODULE="xcaliber.settings", XCALIBER_DATA_DIR=str(data_dir))
+    environ.update(variables)
+    return environ
+
+
+def _run(args: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=environ, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+
+
+def _production(data_dir: Path, **overrides: str) -> dict[str, str]:
+    variables = {
+        "XCALIBER_ENV": "production",
+        "XCALIBER_SECRET_KEY": PRODUCTION_SECRET,
+        "DATABASE_URL": f"sqlite:///{data_dir / 'prod.sqlite3'}",
+        "XCALIBER_ALLOWED_HOSTS": "xcaliber.example.test",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    variables.update(overrides)
+    return _clean_environ(data_dir, **{name: value for name, value in variables.items() if value is not None})
+
+
+@pytest.mark.parametrize("missing", REQUIRED_IN_PRODUCTION)
+def test_production_refuses_to_start_naming_the_missing_variable(tmp_path: Path, missing: str) -> None:
+    environ = _production(tmp_path)
+    del environ[missing]
+
+    result = _run(["-c", "import django; django.setup()"], environ)
+
+    assert result.returncode != 0
+    assert f"XCALIBER_ENV=production requires {missing}" in result.stderr
+    assert not (tmp_path / "secret_key").exists()
+
+
+@pytest.mark.parametrize("missing", REQUIRED_IN_PRODUCTION)
+def test_production_treats_an_empty_variable_as_missing(tmp_path: Path, missing: str) -> None:
+    result = _run(["manage.py", "check"], _production(tmp_path, **{missing: ""}))
+
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_production_starts_with_everything_set(tmp_path: Path) -> None:
+    result = _run(["manage.py", "check"], _production(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_production_reads_secrets_from_files(tmp_path: Path) -> None:
+    key_file = tmp_path / "secret"
+    key_file.write_text(PRODUCTION_SECRET + "\n", encoding="utf-8")
+    environ = _production(tmp_path)
+    del environ["XCALIBER_SECRET_KEY"]
+    environ["XCALIBER_SECRET_KEY_FILE"] = str(key_file)
+
+    result = _run(["-c", PRINT_SECRET], environ)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == PRODUCTION_SECRET
+
+
+def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
+    result = _run(["-c", PRINT_SECRET], _production(tmp_path, XCALIBER_SECRET_KEY="too-short"))
+
+    assert result.returncode != 0
+    assert "XCALIBER_SECRET_KEY must be at least 32 characters" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("XCALIBER_DEBUG", "maybe"), ("XCALIBER_LOGIN_MAX_FAILURES", "five"), ("XCALIBER_ENV", "staging")],
+)
+def test_a_malformed_variable_stops_start_up_naming_it(tmp_path: Path, name: str, value: str) -> None:
+    result = _run(["-c", "import django; django.setup()"], _clean_environ(tmp_path, **{name: value}))
+
+    assert result.returncode != 0
+    assert f"ImproperlyConfigured: {name} must be" in result.stderr
+
+
+def test_embedded_generates_a_private_secret_key_once_and_reuses_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    environ = _clean_environ(data_dir)
+
+    first = _run(["-c", PRINT_SECRET], environ)
+    second = _run(["-c", PRINT_SECRET], environ)
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    key_file = data_dir / "secret_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = first.stdout.strip()
+    assert len(key) >= 50
+    assert second.stdout.strip() == key
+    assert key_file.read_text(encoding="utf-8").strip() == key
+
+
+def test_embedded_refuses_a_damaged_secret_key_file(tmp_path: Path) -> None:
+    (tmp_path / "secret_key").write_text("short\n", encoding="utf-8")
+
+    result = _run(["-c", PRINT_SECRET], _clean_environ(tmp_path))
+
+    assert result.returncode != 0
+    assert "holds no usable secret key" in result.stderr

@@ -1,0 +1,242 @@
+"""The cross-clinic sweep: every route, every caller that must be turned away.
+
+Every URL pattern of the project must appear in ``ROUTES`` (or in ``NON_API``
+with a reason); a new endpoint that is not declared here fails
+``test_every_route_is_swept``. For each declared route and method the sweep
+calls it as:
+
+* an anonymous caller: 401 unless the route is public;
+* another clinic's owner (bearer token) and another clinic's admin API key:
+  404 for a route naming clinic A's object, with the same body as a random id;
+  for collection routes, a response that holds nothing of clinic A;
+* the role just below the method's minimum (or a deactivated member when the
+  minimum is ``viewer``): 403.
+
+Refused calls must leave clinic A unchanged: no new audit entry, no change of
+memberships, invitations or keys.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from clinics.tenancy.models import ROLE_RANK, ApiKey, AuditEntry, Invitation, Membership, Role
+from clinics.tenancy.services import api_key_create
+from tests.conftest import Cast, bearer_client, key_client, make_member
+from xcaliber.routing import websocket_urlpatterns
+
+Kwargs = Callable[[Cast], dict[str, Any]]
+
+
+def _no_kwargs(cast: Cast) -> dict[str, Any]:
+    return {}
+
+
+def _membership(cast: Cast) -> dict[str, Any]:
+    return {"membership_id": cast.members[Role.VET].id}
+
+
+def _invitation(cast: Cast) -> dict[str, Any]:
+    invitation = Invitation.objects.create(
+        clinic=cast.clinic, email="invitee@alpha.test", role=Role.VET, token_hash=uuid.uuid4().hex,
+        expires_at="2099-01-01T00:00:00Z",
+    )
+    return {"invitation_id": invitation.id}
+
+
+def _api_key(cast: Cast) -> dict[str, Any]:
+    return {"api_key_id": api_key_create(clinic=cast.clinic, name="bridge", role=Role.VET).api_key.id}
+
+
+@dataclass(frozen=True)
+class Route:
+    access: str  # public | user | clinic
+    methods: dict[str, str] = field(default_factory=dict)  # method -> minimum role ("" when not clinic)
+    kwargs: Kwargs = _no_kwargs
+    bodies: dict[str, dict[str, Any]] = field(default_factory=dict)  # a valid body per method
+
+
+ROUTES: dict[str, Route] = {
+    "auth-register": Route("public", {"post": ""}),
+    "auth-login": Route("public", {"post": ""}),
+    "auth-refresh": Route("public", {"post": ""}),
+    "auth-logout": Route("public", {"post": ""}),
+    "invitation-accept": Route("public", {"post": ""}),
+    "schema": Route("public", {"get": ""}),
+    "swagger-ui": Route("public", {"get": ""}),
+    "redoc": Route("public", {"get": ""}),
+    "auth-me": Route("user", {"get": "", "patch": ""}),
+    "auth-password": Route("user", {"post": ""}),
+    "clinic": Route("clinic", {"get": Role.VIEWER, "patch": Role.ADMIN}),
+    "clinic-transfer-ownership": Route("clinic", {"post": Role.OWNER}),
+    "member-list": Route("clinic", {"get": Role.VIEWER}),
+    "member-detail": Route(
+        "clinic", {"get": Role.VIEWER, "patch": Role.ADMIN}, _membership, {"patch": {"role": Role.VIEWER}}
+    ),
+    "member-deactivate": Route("clinic", {"post": Role.ADMIN}, _membership),
+    "member-activate": Route("clinic", {"post": Role.ADMIN}, _membership),
+    "invitation-list": Route("clinic", {"get": Role.ADMIN, "post": Role.ADMIN}),
+    "invitation-detail": Route("clinic", {"get": Role.ADMIN, "delete": Role.ADMIN}, _invitation),
+    "api-key-list": Route("clinic", {"get": Role.ADMIN, "post": Role.ADMIN}),
+    "api-key-detail": Route("clinic", {"get": Role.ADMIN, "delete": Role.ADMIN}, _api_key),
+    "audit-list": Route("clinic", {"get": Role.ADMIN}),
+}
+
+# Routes outside the API, each with the reason it needs no tenancy check.
+NON_API = {
+    "index": "static service description",
+    "healthz": "liveness probe, no data",
+    "readyz": "readiness probe, names dependencies only",
+}
+
+# WebSocket routes join the sweep with the realtime work; none may exist undeclared.
+WEBSOCKET_ROUTES: dict[str, Route] = {}
+
+
+def _walk(patterns: list[Any], prefix: str = "") -> list[tuple[str, URLPattern]]:
+    found: list[tuple[str, URLPattern]] = []
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            found.extend(_walk(entry.url_patterns, prefix + str(entry.pattern)))
+        elif isinstance(entry, URLPattern):
+            found.append((prefix + str(entry.pattern), entry))
+    return found
+
+
+ALL_PATTERNS = _walk(get_resolver().url_patterns)
+RANKED = sorted(ROLE_RANK, key=ROLE_RANK.__getitem__)
+
+
+def test_every_route_is_swept() -> None:
+    names = {pattern.name for _, pattern in ALL_PATTERNS}
+    unnamed = [route for route, pattern in ALL_PATTERNS if not pattern.name]
+    assert not unnamed, f"every URL pattern needs a name to be swept: {unnamed}"
+    missing = names - set(ROUTES) - set(NON_API)
+    assert not missing, f"routes missing from the cross-clinic sweep: {sorted(missing)}"
+    stale = (set(ROUTES) | set(NON_API)) - names
+    assert not stale, f"the sweep names routes that no longer exist: {sorted(stale)}"
+
+
+def test_websocket_routes_are_swept() -> None:
+    paths = {str(getattr(route, "pattern", route)) for route in websocket_urlpatterns}
+    assert paths <= set(WEBSOCKET_ROUTES), f"WebSocket routes missing from the sweep: {paths - set(WEBSOCKET_ROUTES)}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in ROUTES.items() if r.access != "public"))
+def test_declared_methods_match_the_view(name: str) -> None:
+    """The sweep's table and the view agree on which methods exist and their minimum roles."""
+    pattern = next(p for _, p in ALL_PATTERNS if p.name == name)
+    view_class = pattern.callback.view_class  # type: ignore[attr-defined]
+    handlers = {m for m in view_class.http_method_names if m not in {"options", "head"} and hasattr(view_class, m)}
+    assert handlers == set(ROUTES[name].methods)
+    assert view_class.access_level == ROUTES[name].access
+    if ROUTES[name].access == "clinic":
+        assert dict(view_class.required_roles) == ROUTES[name].methods
+
+
+CASES = [
+    (name, method, caller)
+    for name, route in sorted(ROUTES.items())
+    for method in route.methods
+    for caller in ("anonymous", "outsider", "outsider_key", "too_small")
+    if not (route.access == "public" and caller != "anonymous")
+    and not (route.access == "user" and caller in {"outsider_key"})
+]
+
+
+def _snapshot(cast: Cast) -> tuple[Any, ...]:
+    clinic = cast.clinic
+    return (
+        AuditEntry.objects.filter(clinic=clinic).count(),
+        sorted(Membership.objects.filter(clinic=clinic).values_list("id", "role", "is_active")),
+        sorted(Invitation.objects.filter(clinic=clinic).values_list("id", "revoked_at", "accepted_at")),
+        sorted(ApiKey.objects.filter(clinic=clinic).values_list("id", "revoked_at")),
+        type(clinic).objects.filter(id=clinic.id).values_list("name", "seat_limit").get(),
+    )
+
+
+def _call(client: Any, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    return getattr(client, method)(url, data=body or {}, format="json")
+
+
+def _normalise(body: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    text = json.dumps(body, sort_keys=True)
+    for value in ids:
+        text = text.replace(value, "<id>")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("name", "method", "caller"), CASES, ids=[f"{n}-{m}-{c}" for n, m, c in CASES])
+def test_sweep(cast: Cast, anon: Any, name: str, method: str, caller: str) -> None:
+    route = ROUTES[name]
+    kwargs = route.kwargs(cast)
+    pattern_route = next(r for r, p in ALL_PATTERNS if p.name == name)
+    url = "/" + pattern_route
+    for key, value in kwargs.items():
+        url = url.replace(f"<uuid:{key}>", str(value))
+    assert "<" not in url, f"unfilled parameter in {url}"
+    client, expect = _caller(cast, anon, route, method, caller)
+    before = _snapshot(cast)
+    # Refusals must not depend on the body: send a valid one where the route takes one.
+    response = _call(client, method, url, route.bodies.get(method))
+
+    if caller == "anonymous":
+        if route.access == "public":
+            assert response.status_code < 500
+            assert response.status_code != 401 or name in {"auth-refresh", "auth-logout"}
+        else:
+            assert response.status_code == 401, response.content
+            assert response["Content-Type"].startswith("application/problem+json")
+    elif caller in {"outsider", "outsider_key"}:
+        body_text = response.content.decode()
+        for ident in (str(cast.clinic.id), *[str(m.id) for m in cast.members.values()], "@alpha.test"):
+            if ident in url:
+                continue  # the id the caller sent may be echoed back
+            assert ident not in body_text, f"{caller} saw clinic A's {ident} at {method.upper()} {url}"
+        if kwargs:
+            assert response.status_code == 404, response.content
+            owner = cast.client(Role.OWNER)
+            if method == "get":  # control: the same URL works for its own clinic
+                assert _call(owner, "get", url).status_code == 200
+            random_url = url
+            for value in kwargs.values():
+                random_url = random_url.replace(str(value), str(uuid.uuid4()))
+            missing = _call(owner, method, random_url, route.bodies.get(method))
+            assert missing.status_code == 404
+            ids = [str(v) for v in kwargs.values()] + [seg for seg in random_url.split("/") if len(seg) == 36]
+            assert _normalise(response.json(), ids + [url, random_url]) == _normalise(
+                missing.json(), ids + [url, random_url]
+            )
+        else:
+            assert response.status_code < 500, response.content
+    else:  # too_small
+        assert response.status_code == 403, response.content
+        assert response.json()["code"] == expect
+    if kwargs or caller not in {"outsider", "outsider_key"}:
+        assert _snapshot(cast) == before, f"{caller} changed clinic A through {method.upper()} {url}"
+
+
+def _caller(cast: Cast, anon: Any, route: Route, method: str, caller: str) -> tuple[Any, str]:
+    """The client for ``caller``, and the problem code a too-small caller must get."""
+    if caller == "anonymous":
+        return anon, ""
+    if caller == "outsider":
+        return cast.outsider_client(), ""
+    if caller == "outsider_key":
+        return key_client(cast.other_clinic, Role.ADMIN)[0], ""
+    if route.access == "user":
+        # A user route has no role; an API key is the credential it must refuse.
+        return key_client(cast.clinic, Role.ADMIN)[0], "user_token_required"
+    rank = RANKED.index(route.methods[method])
+    if rank == 0:
+        inactive = make_member(cast.clinic, Role.ADMIN, active=False)
+        return bearer_client(inactive.user), "clinic_not_member"
+    return cast.client(RANKED[rank - 1]), "role_insufficient"
