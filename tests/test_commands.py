@@ -33,7 +33,8 @@ def _login(email: str, password: str) -> int:
 def test_create_clinic_prints_the_id_of_a_clinic_with_its_owner() -> None:
     stdout, _ = _call(
         "create_clinic", "--name", "Incheon Referral", "--owner-email", "Chief@Incheon.test",
-        "--password", PASSWORD, "--kind", "hospital", "--seat-limit", "25", "--country", "kr", "--timezone", "Asia/Seoul",
+        "--password", PASSWORD, "--kind", "hospital", "--seat-limit", "25", "--country", "kr",
+        "--timezone", "Asia/Seoul",
     )
 
     clinic = Clinic.objects.get(id=uuid.UUID(stdout.strip()))
@@ -66,6 +67,7 @@ def test_create_clinic_for_an_existing_account_needs_its_password() -> None:
         (("--password", "123"), "password"),
         (("--timezone", "Mars/Olympus_Mons"), "--timezone"),
         (("--country", "KOR"), "--country"),
+        (("--name", "x" * 201), "--name must be 1 to 200 characters"),
     ],
 )
 def test_create_clinic_refuses_bad_input_and_creates_nothing(args: tuple[str, ...], message: str) -> None:
@@ -103,6 +105,15 @@ def test_create_api_key_prints_a_key_on_the_last_line_that_authenticates() -> No
 def test_create_api_key_for_an_unknown_clinic_fails(clinic_id: str) -> None:
     with pytest.raises(CommandError, match="no clinic with id"):
         _call("create_api_key", "--clinic-id", clinic_id, "--name", "PACS")
+
+    assert not ApiKey.objects.exists()
+
+
+def test_create_api_key_refuses_a_name_too_long_to_store() -> None:
+    clinic = make_clinic()
+
+    with pytest.raises(CommandError, match="--name must be 1 to 100 characters"):
+        _call("create_api_key", "--clinic-id", str(clinic.id), "--name", "n" * 101)
 
     assert not ApiKey.objects.exists()
 

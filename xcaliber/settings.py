@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
-from botocore.config import Config as BotoConfig
+from botocore.config import Config as BotoConfig  # type: ignore[import-untyped,unused-ignore]  # no stubs; seen only by the settings plugin
 from django.core.exceptions import ImproperlyConfigured
 
 from xcaliber.lib.env import env_bool, env_choice, env_int, env_list, env_secret, env_str

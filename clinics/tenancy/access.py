@@ -11,6 +11,7 @@ import uuid
 
 from typing import TypeVar
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Model, QuerySet
 
 from clinics.tenancy.actor import Actor
@@ -23,7 +24,7 @@ M = TypeVar("M", bound=Model)
 def _get_scoped(queryset: QuerySet[M], object_id: uuid.UUID | str, label: str) -> M:
     try:
         return queryset.get(id=object_id)
-    except (queryset.model.DoesNotExist, ValueError):
+    except (ObjectDoesNotExist, ValueError):
         raise NotFound(f"No {label} with id {object_id}.") from None
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from clinics.tenancy.models import Clinic, Role
+from clinics.tenancy.models import ApiKey, Clinic, Role
 from clinics.tenancy.services import api_key_create
 
 
@@ -24,6 +24,11 @@ class Command(BaseCommand):
             clinic = Clinic.objects.get(id=uuid.UUID(options["clinic_id"]))
         except (ValueError, Clinic.DoesNotExist):
             raise CommandError(f"no clinic with id {options['clinic_id']}") from None
+        max_length = ApiKey._meta.get_field("name").max_length or 0
+        if not options["name"].strip() or len(options["name"]) > max_length:
+            raise CommandError(f"--name must be 1 to {max_length} characters")
         issued = api_key_create(clinic=clinic, name=options["name"], role=options["role"])
-        self.stderr.write(f"API key {issued.api_key.prefix} for {clinic.name} ({options['role']}); shown once:")
+        self.stderr.write(
+            f"API key {issued.api_key.prefix} for {clinic.name} ({options['role']}); shown once:"
+        )
         self.stdout.write(issued.key)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from rest_framework import serializers
 
-from clinics.tenancy.models import ClinicKind
+from clinics.tenancy.api.serializers import validate_country, validate_timezone_name
+from clinics.tenancy.models import Clinic, ClinicKind
 from clinics.tenancy.services import clinic_register
 from xcaliber.lib.problems import Problem
 
@@ -27,6 +29,18 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["seat_limit"] is not None and options["seat_limit"] < 1:
             raise CommandError("--seat-limit must be at least 1")
+        max_length = Clinic._meta.get_field("name").max_length or 0
+        if not options["name"].strip() or len(options["name"]) > max_length:
+            raise CommandError(f"--name must be 1 to {max_length} characters")
+        # The same checks as registration over HTTP: the service stores what it is given.
+        try:
+            country = validate_country(options["country"])
+        except serializers.ValidationError as exc:
+            raise CommandError(f"--country: {' '.join(map(str, exc.detail))}") from None
+        try:
+            timezone_name = validate_timezone_name(options["timezone"])
+        except serializers.ValidationError as exc:
+            raise CommandError(f"--timezone: {' '.join(map(str, exc.detail))}") from None
         try:
             registration = clinic_register(
                 name=options["name"],
@@ -34,8 +48,8 @@ class Command(BaseCommand):
                 owner_password=options["password"],
                 kind=options["kind"],
                 seat_limit=options["seat_limit"],
-                country=options["country"],
-                timezone_name=options["timezone"],
+                country=country,
+                timezone_name=timezone_name,
                 existing_owner_ok=True,
             )
         except Problem as exc:

@@ -20,7 +20,9 @@ class Command(BaseCommand):
     help = "Create the demo clinic (once) and print its logins. Passwords are random per installation."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--reset-passwords", action="store_true", help="Give both demo users new passwords.")
+        parser.add_argument(
+            "--reset-passwords", action="store_true", help="Give both demo users new passwords."
+        )
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:

@@ -8,7 +8,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.plumbing import build_bearer_security_scheme_object
 
 
-class BearerTokenScheme(OpenApiAuthenticationExtension):
+class BearerTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]  # untyped hook in drf-spectacular
     target_class = "clinics.tenancy.authentication.BearerTokenAuthentication"
     name = "Bearer"
 
@@ -20,7 +20,7 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         return scheme
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):
+class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]  # untyped hook in drf-spectacular
     target_class = "clinics.tenancy.authentication.ApiKeyAuthentication"
     name = "ApiKey"
 
