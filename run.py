@@ -31,8 +31,10 @@ def log(message: str) -> None:
 
 def ensure_venv(extra: str) -> None:
     if sys.version_info[:2] != (3, 11):
-        sys.exit(f"X Caliber needs Python 3.11 (torch 2.13.0 wheels); this is {sys.version.split()[0]}. "
-                 "Run it as: python3.11 run.py ...")
+        sys.exit(
+            f"X Caliber needs Python 3.11 (torch 2.13.0 wheels); this is {sys.version.split()[0]}. "
+            "Run it as: python3.11 run.py ..."
+        )
     if not PYTHON.exists():
         log(f"creating virtual environment in {VENV}")
         venv.EnvBuilder(with_pip=True).create(VENV)
@@ -65,7 +67,9 @@ def serve(argv: list[str]) -> int:
     log(f"serving HTTP and WebSocket on http://{options.host}:{options.port}/  (API docs: /api/docs/)")
     os.chdir(ROOT)
     daphne = BIN / "daphne"
-    os.execv(str(daphne), [str(daphne), "-b", options.host, "-p", str(options.port), "xcaliber.asgi:application"])
+    os.execv(
+        str(daphne), [str(daphne), "-b", options.host, "-p", str(options.port), "xcaliber.asgi:application"]
+    )
     return 0  # not reached
 
 

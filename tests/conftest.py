@@ -46,7 +46,9 @@ def make_user(email: str | None = None, password: str = PASSWORD, full_name: str
 
 def make_clinic(name: str | None = None, *, seat_limit: int = 10, kind: str = "clinic") -> Clinic:
     name = name or f"Clinic {secrets.token_hex(3)}"
-    return Clinic.objects.create(name=name, slug=name.lower().replace(" ", "-"), kind=kind, seat_limit=seat_limit)
+    return Clinic.objects.create(
+        name=name, slug=name.lower().replace(" ", "-"), kind=kind, seat_limit=seat_limit
+    )
 
 
 def make_member(clinic: Clinic, role: str, *, email: str | None = None, active: bool = True) -> Membership:
@@ -113,7 +115,8 @@ def problem() -> Callable[..., dict[str, object]]:
         body = response.json()  # type: ignore[attr-defined]
         assert body["status"] == status
         assert body["type"].endswith(body["code"])
-        assert body["title"] and body["detail"]
+        assert body["title"]
+        assert body["detail"]
         if code is not None:
             assert body["code"] == code, body
         return body  # type: ignore[no-any-return]

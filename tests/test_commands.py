@@ -32,14 +32,29 @@ def _login(email: str, password: str) -> int:
 
 def test_create_clinic_prints_the_id_of_a_clinic_with_its_owner() -> None:
     stdout, _ = _call(
-        "create_clinic", "--name", "Incheon Referral", "--owner-email", "Chief@Incheon.test",
-        "--password", PASSWORD, "--kind", "hospital", "--seat-limit", "25", "--country", "kr",
-        "--timezone", "Asia/Seoul",
+        "create_clinic",
+        "--name",
+        "Incheon Referral",
+        "--owner-email",
+        "Chief@Incheon.test",
+        "--password",
+        PASSWORD,
+        "--kind",
+        "hospital",
+        "--seat-limit",
+        "25",
+        "--country",
+        "kr",
+        "--timezone",
+        "Asia/Seoul",
     )
 
     clinic = Clinic.objects.get(id=uuid.UUID(stdout.strip()))
     assert (clinic.name, clinic.kind, clinic.seat_limit, clinic.country) == (
-        "Incheon Referral", ClinicKind.HOSPITAL, 25, "KR"
+        "Incheon Referral",
+        ClinicKind.HOSPITAL,
+        25,
+        "KR",
     )
     owner = Membership.objects.get(clinic=clinic)
     assert (owner.role, owner.user.email, owner.is_active) == (Role.OWNER, "chief@incheon.test", True)
@@ -51,10 +66,18 @@ def test_create_clinic_for_an_existing_account_needs_its_password() -> None:
     make_clinic("First Clinic")
 
     with pytest.raises(CommandError, match="does not match"):
-        _call("create_clinic", "--name", "Second", "--owner-email", "busy@example.test",
-              "--password", "wrong one")
-    stdout, _ = _call("create_clinic", "--name", "Second", "--owner-email", "busy@example.test",
-                      "--password", PASSWORD)
+        _call(
+            "create_clinic",
+            "--name",
+            "Second",
+            "--owner-email",
+            "busy@example.test",
+            "--password",
+            "wrong one",
+        )
+    stdout, _ = _call(
+        "create_clinic", "--name", "Second", "--owner-email", "busy@example.test", "--password", PASSWORD
+    )
 
     assert Membership.objects.get(clinic_id=stdout.strip()).user == user
 

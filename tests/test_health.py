@@ -127,7 +127,12 @@ def test_readyz_is_503_naming_the_database_when_it_cannot_be_opened(tmp_path: Pa
     )
 
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=environ, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
 

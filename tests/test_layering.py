@@ -78,7 +78,9 @@ def test_every_access_function_is_keyword_only_and_takes_an_actor() -> None:
                 if isinstance(node, ast.FunctionDef) and node.name.startswith("access_"):
                     found += 1
                     assert not node.args.args, f"{node.name} must take keyword-only arguments"
-                    assert node.args.kwonlyargs[0].arg == "actor", f"{node.name}'s first argument must be actor"
+                    assert node.args.kwonlyargs[0].arg == "actor", (
+                        f"{node.name}'s first argument must be actor"
+                    )
     assert found >= 3
 
 

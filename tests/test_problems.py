@@ -86,7 +86,7 @@ def test_a_wrong_method_on_a_probe_is_a_405_problem(anon: APIClient, problem) ->
 
 def test_malformed_json_is_400_parse_error(anon: APIClient, problem) -> None:  # type: ignore[no-untyped-def]
     response = anon.generic(
-        "POST", "/api/v1/auth/login/", b'{"email": "a@b.test", "password": ', content_type="application/json"
+        "POST", "/api/v1/auth/login/", '{"email": "a@b.test", "password": ', content_type="application/json"
     )
 
     problem(response, 400, "parse_error")
@@ -94,7 +94,9 @@ def test_malformed_json_is_400_parse_error(anon: APIClient, problem) -> None:  #
 
 def test_an_unsupported_media_type_is_415(anon: APIClient, problem) -> None:  # type: ignore[no-untyped-def]
     response = anon.generic(
-        "POST", "/api/v1/auth/login/", b"email=a%40b.test&password=x",
+        "POST",
+        "/api/v1/auth/login/",
+        "email=a%40b.test&password=x",
         content_type="application/x-www-form-urlencoded",
     )
 

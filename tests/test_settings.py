@@ -34,8 +34,9 @@ def test_env_str_default_and_required() -> None:
         env_str("NAME", environ={})
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("TRUE", True), ("on", True), ("no", False),
-                                               ("0", False), ("", True)])
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1", True), ("TRUE", True), ("on", True), ("no", False), ("0", False), ("", True)]
+)
 def test_env_bool_reads_the_usual_spellings(raw: str, expected: bool) -> None:
     assert env_bool("XCALIBER_FLAG", True, environ={"XCALIBER_FLAG": raw}) is expected
 
@@ -109,7 +110,12 @@ def _clean_environ(data_dir: Path, **variables: str) -> dict[str, str]:
 
 def _run(args: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=environ, capture_output=True, text=True, timeout=120,
+        [sys.executable, *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
 

@@ -45,7 +45,9 @@ def _embedded_secret_key() -> str:
     except FileExistsError:
         key = path.read_text(encoding="utf-8").strip()
         if len(key) < 50:
-            raise ImproperlyConfigured(f"{path} holds no usable secret key; delete it to regenerate") from None
+            raise ImproperlyConfigured(
+                f"{path} holds no usable secret key; delete it to regenerate"
+            ) from None
         return key
     key = secrets.token_urlsafe(64)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -69,7 +71,9 @@ except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
 if _database["ENGINE"] == "django.db.backends.postgresql":
     # Fail fast when the server does not answer, so /readyz reports it instead of hanging.
-    _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("XCALIBER_DB_CONNECT_TIMEOUT", 5))
+    _database.setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env_int("XCALIBER_DB_CONNECT_TIMEOUT", 5)
+    )
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database.setdefault("OPTIONS", {})
     # WAL and a busy timeout let the web process and the in-process worker share the file.
@@ -150,12 +154,17 @@ if S3_BUCKET:
             "default_acl": None,
             "querystring_auth": True,
             "file_overwrite": False,
-            "addressing_style": env_choice("XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"),
-            # botocore's defaults (60 s timeouts, several retries) would hold /readyz and requests for minutes.
+            "addressing_style": env_choice(
+                "XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"
+            ),
+            # botocore's defaults (60 s timeouts, retries) would hold /readyz and requests for minutes.
             "client_config": BotoConfig(
                 connect_timeout=env_int("XCALIBER_S3_CONNECT_TIMEOUT", 5, minimum=1),
                 read_timeout=env_int("XCALIBER_S3_READ_TIMEOUT", 30, minimum=1),
-                retries={"max_attempts": env_int("XCALIBER_S3_MAX_ATTEMPTS", 3, minimum=1), "mode": "standard"},
+                retries={
+                    "max_attempts": env_int("XCALIBER_S3_MAX_ATTEMPTS", 3, minimum=1),
+                    "mode": "standard",
+                },
             ),
         },
     }
@@ -231,7 +240,9 @@ XCALIBER_PUBLIC_URL = env_str("XCALIBER_PUBLIC_URL", "http://127.0.0.1:8000")
 
 EMAIL_BACKEND = env_str(
     "XCALIBER_EMAIL_BACKEND",
-    "django.core.mail.backends.smtp.EmailBackend" if PRODUCTION else "django.core.mail.backends.console.EmailBackend",
+    "django.core.mail.backends.smtp.EmailBackend"
+    if PRODUCTION
+    else "django.core.mail.backends.console.EmailBackend",
 )
 EMAIL_HOST = env_str("XCALIBER_EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("XCALIBER_EMAIL_PORT", 25, minimum=1, maximum=65535)

@@ -1,11 +1,35 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from django.http import HttpRequest, JsonResponse
+from django.template import engines
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.renderers import TemplateHTMLRenderer
 
 from xcaliber import health
-from xcaliber.lib.schema import OfflineRedocView
+
+# Redoc's stock page links Google Fonts; this one keeps every asset local (Redoc falls back to system fonts),
+# so the docs work offline and make no third-party requests.
+_OFFLINE_REDOC_TEMPLATE = """{% extends "drf_spectacular/redoc.html" %}
+{% block head %}
+    <title>{{ title|default:"Redoc" }}</title>
+    <meta charset="utf-8">
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <style>body { margin: 0; padding: 0; }</style>
+{% endblock head %}
+"""
+
+
+class OfflineRedocRenderer(TemplateHTMLRenderer):
+    def resolve_template(self, template_names: Iterable[str]) -> Any:
+        return engines["django"].from_string(_OFFLINE_REDOC_TEMPLATE)
+
+
+class OfflineRedocView(SpectacularRedocView):
+    renderer_classes = [OfflineRedocRenderer]
 
 
 def index(request: HttpRequest) -> JsonResponse:

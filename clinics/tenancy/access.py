@@ -8,7 +8,6 @@ a caller cannot tell another clinic's ids from nonexistent ones.
 from __future__ import annotations
 
 import uuid
-
 from typing import TypeVar
 
 from django.core.exceptions import ObjectDoesNotExist
@@ -29,7 +28,7 @@ def _get_scoped(queryset: QuerySet[M], object_id: uuid.UUID | str, label: str) -
 
 
 def access_membership(*, actor: Actor, membership_id: uuid.UUID, for_update: bool = False) -> Membership:
-    """The actor's clinic's membership ``membership_id``; ``for_update`` locks the row (needs a transaction)."""
+    """The membership ``membership_id`` of the actor's clinic; ``for_update`` locks it (in a transaction)."""
     queryset = Membership.objects.filter(clinic=actor.clinic).select_related("user")
     if for_update:
         queryset = queryset.select_for_update(of=("self",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from clinics.tenancy.models import ApiKey, User
 
@@ -33,6 +35,19 @@ def api_key_generate() -> tuple[str, str, str]:
 def api_key_hash(full_key: str) -> str:
     # The secret carries 256 random bits, so a fast hash is enough: nothing to brute-force.
     return hashlib.sha256(full_key.encode()).hexdigest()
+
+
+def refresh_tokens_revoke_all(*, user_id: uuid.UUID | str | None) -> int:
+    """Blacklist every outstanding refresh token of the person ``user_id``; their next refresh fails.
+
+    Idempotent (tokens already blacklisted are skipped); returns how many were revoked. Access tokens
+    are not tracked and live until they expire, which is why their lifetime is short.
+    """
+    if user_id is None:  # filter(user_id=None) would match the tokens of deleted accounts
+        return 0
+    tokens = list(OutstandingToken.objects.filter(user_id=user_id, blacklistedtoken__isnull=True))
+    BlacklistedToken.objects.bulk_create([BlacklistedToken(token=t) for t in tokens], ignore_conflicts=True)
+    return len(tokens)
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -78,11 +93,16 @@ class BearerTokenAuthentication(JWTAuthentication):
 
     def authenticate(self, request: Request) -> tuple[User, Any] | None:  # type: ignore[override]
         try:
-            return super().authenticate(request)  # type: ignore[no-any-return]
+            result = super().authenticate(request)
         except exceptions.AuthenticationFailed as exc:
             raise exceptions.AuthenticationFailed(
                 "The access token is invalid or expired.", code="token_invalid"
             ) from exc
+        if result is None:
+            return None
+        user, token = result
+        assert isinstance(user, User)  # AUTH_USER_MODEL
+        return user, token
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'

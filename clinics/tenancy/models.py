@@ -149,11 +149,12 @@ class Invitation(models.Model):
                 condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
                 name="invitation_one_open_per_email",
             ),
-            models.CheckConstraint(
-                condition=~models.Q(role="owner"), name="invitation_role_not_owner"
-            ),
+            models.CheckConstraint(condition=~models.Q(role="owner"), name="invitation_role_not_owner"),
         ]
         indexes = [models.Index(fields=["clinic", "-created_at"], name="invitation_clinic_created")]
+
+    def __str__(self) -> str:
+        return f"invitation of {self.email} to {self.clinic_id} as {self.role}"
 
     @property
     def status(self) -> str:
@@ -220,3 +221,6 @@ class AuditEntry(models.Model):
             models.Index(fields=["clinic", "-created_at"], name="audit_clinic_created"),
             models.Index(fields=["clinic", "action", "-created_at"], name="audit_clinic_action"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.action} on {self.target_type} {self.target_id} by {self.actor_label}"

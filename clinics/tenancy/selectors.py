@@ -11,7 +11,9 @@ from django.utils import timezone
 from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, Invitation, Membership, User
 
 
-def membership_list(*, clinic: Clinic, role: str | None = None, is_active: bool | None = None) -> QuerySet[Membership]:
+def membership_list(
+    *, clinic: Clinic, role: str | None = None, is_active: bool | None = None
+) -> QuerySet[Membership]:
     queryset = Membership.objects.filter(clinic=clinic).select_related("user")
     if role:
         queryset = queryset.filter(role=role)
@@ -21,7 +23,9 @@ def membership_list(*, clinic: Clinic, role: str | None = None, is_active: bool 
 
 
 def user_memberships(*, user: User) -> QuerySet[Membership]:
-    return Membership.objects.filter(user=user, is_active=True).select_related("clinic").order_by("created_at")
+    return (
+        Membership.objects.filter(user=user, is_active=True).select_related("clinic").order_by("created_at")
+    )
 
 
 def invitation_list(*, clinic: Clinic, status: str | None = None) -> QuerySet[Invitation]:
@@ -59,8 +63,10 @@ def audit_list(
     queryset = AuditEntry.objects.filter(clinic=clinic)
     if action:
         # "membership" matches every membership.* action; "membership.role_changed" just that one.
-        queryset = queryset.filter(action=action) if "." in action else queryset.filter(
-            action__startswith=f"{action}."
+        queryset = (
+            queryset.filter(action=action)
+            if "." in action
+            else queryset.filter(action__startswith=f"{action}.")
         )
     if target_type:
         queryset = queryset.filter(target_type=target_type)

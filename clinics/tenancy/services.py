@@ -154,8 +154,13 @@ def clinic_register(
     )
     membership = Membership.objects.create(clinic=clinic, user=user, role=Role.OWNER)
     audit_record(
-        clinic=clinic, action="clinic.registered", target_type="clinic", target_id=clinic.id,
-        user=user, origin=origin, data={"name": name, "kind": kind},
+        clinic=clinic,
+        action="clinic.registered",
+        target_type="clinic",
+        target_id=clinic.id,
+        user=user,
+        origin=origin,
+        data={"name": name, "kind": kind},
     )
     return Registration(clinic=clinic, owner=user, membership=membership)
 
@@ -176,8 +181,14 @@ def clinic_update(
         for field, value in changes.items():
             setattr(clinic, field, value)
         clinic.save(update_fields=list(changes))
-        audit_record(clinic=clinic, actor=actor, action="clinic.updated", target_type="clinic",
-                     target_id=clinic.id, data=changes)
+        audit_record(
+            clinic=clinic,
+            actor=actor,
+            action="clinic.updated",
+            target_type="clinic",
+            target_id=clinic.id,
+            data=changes,
+        )
     return clinic
 
 
@@ -221,10 +232,15 @@ class IssuedInvitation:
 
 def _assignable_role(actor: Actor, role: str) -> None:
     if role == Role.OWNER:
-        raise Invalid("role", "ownership is given with transfer-ownership, not by invitation or role change",
-                      code="role_not_assignable")
+        raise Invalid(
+            "role",
+            "ownership is given with transfer-ownership, not by invitation or role change",
+            code="role_not_assignable",
+        )
     if not actor.has_role(role):
-        raise Forbidden(f"You cannot grant the {role} role, which is above your own.", code="role_insufficient")
+        raise Forbidden(
+            f"You cannot grant the {role} role, which is above your own.", code="role_insufficient"
+        )
 
 
 @transaction.atomic
@@ -247,7 +263,8 @@ def invitation_create(*, actor: Actor, email: str, role: str) -> IssuedInvitatio
     open_invitations.filter(expires_at__lte=now).update(revoked_at=now)
     if open_invitations.exists():
         raise Conflict(
-            f"{email} already has a pending invitation; revoke it to send a new one.", code="invitation_pending"
+            f"{email} already has a pending invitation; revoke it to send a new one.",
+            code="invitation_pending",
         )
     _require_free_seat(clinic, count_pending=True)
     token = secrets.token_urlsafe(32)
@@ -259,8 +276,14 @@ def invitation_create(*, actor: Actor, email: str, role: str) -> IssuedInvitatio
         invited_by=actor.user,
         expires_at=now + timedelta(hours=settings.XCALIBER["INVITATION_TTL_HOURS"]),
     )
-    audit_record(clinic=clinic, actor=actor, action="invitation.created", target_type="invitation",
-                 target_id=invitation.id, data={"email": email, "role": role})
+    audit_record(
+        clinic=clinic,
+        actor=actor,
+        action="invitation.created",
+        target_type="invitation",
+        target_id=invitation.id,
+        data={"email": email, "role": role},
+    )
     transaction.on_commit(lambda: _send_invitation_email(invitation, token))
     return IssuedInvitation(invitation=invitation, token=token)
 
@@ -282,13 +305,26 @@ def _send_invitation_email(invitation: Invitation, token: str) -> None:
 
 @transaction.atomic
 def invitation_revoke(*, actor: Actor, invitation: Invitation) -> Invitation:
+    """Revoke a pending invitation, freeing its seat; ``invitation_not_pending`` otherwise.
+
+    Re-reads the invitation under a row lock, as acceptance does, so an
+    invitation is never both accepted and revoked.
+    """
+    invitation = Invitation.objects.select_for_update().get(id=invitation.id)
     if invitation.status != "pending":
-        raise Conflict(f"This invitation is {invitation.status} and cannot be revoked.",
-                       code="invitation_not_pending")
+        raise Conflict(
+            f"This invitation is {invitation.status} and cannot be revoked.", code="invitation_not_pending"
+        )
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
-    audit_record(clinic=invitation.clinic, actor=actor, action="invitation.revoked", target_type="invitation",
-                 target_id=invitation.id, data={"email": invitation.email})
+    audit_record(
+        clinic=invitation.clinic,
+        actor=actor,
+        action="invitation.revoked",
+        target_type="invitation",
+        target_id=invitation.id,
+        data={"email": invitation.email},
+    )
     return invitation
 
 
@@ -309,23 +345,32 @@ def invitation_accept(
     the invitation; the seat the invitation held becomes the membership's.
     """
     invitation = (
-        Invitation.objects.select_for_update().select_related("clinic").filter(token_hash=_token_hash(token)).first()
+        Invitation.objects.select_for_update()
+        .select_related("clinic")
+        .filter(token_hash=_token_hash(token))
+        .first()
     )
     if invitation is None:
         raise Problem("This invitation token is not valid.", code="invitation_invalid", status=404)
     if invitation.status != "pending":
-        raise Problem(f"This invitation is {invitation.status}.", code=f"invitation_{invitation.status}",
-                      status=410)
+        raise Problem(
+            f"This invitation is {invitation.status}.", code=f"invitation_{invitation.status}", status=410
+        )
     clinic = _lock_clinic(invitation.clinic_id)
     if user is not None:
         if normalize_email(user.email) != normalize_email(invitation.email):
-            raise Forbidden("This invitation was sent to another email address.", code="invitation_email_mismatch")
+            raise Forbidden(
+                "This invitation was sent to another email address.", code="invitation_email_mismatch"
+            )
     else:
         user = User.objects.filter(email=normalize_email(invitation.email)).first()
         if user is not None:
             if not password or not user.check_password(password) or not user.is_active:
-                raise Problem("An account with this email exists: give its password, or log in first.",
-                              code="credentials_required", status=401)
+                raise Problem(
+                    "An account with this email exists: give its password, or log in first.",
+                    code="credentials_required",
+                    status=401,
+                )
         else:
             if not password:
                 raise Invalid("password", "a password is needed to create your account", code="required")
@@ -343,9 +388,15 @@ def invitation_accept(
     invitation.accepted_at = timezone.now()
     invitation.accepted_by = user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
-    audit_record(clinic=clinic, user=user, origin=origin, action="invitation.accepted",
-                 target_type="membership", target_id=membership.id,
-                 data={"invitation_id": str(invitation.id), "role": invitation.role})
+    audit_record(
+        clinic=clinic,
+        user=user,
+        origin=origin,
+        action="invitation.accepted",
+        target_type="membership",
+        target_id=membership.id,
+        data={"invitation_id": str(invitation.id), "role": invitation.role},
+    )
     return membership
 
 
@@ -357,7 +408,7 @@ def _active_owner_count(clinic: Clinic) -> int:
 
 
 def _refresh_locked(membership: Membership) -> None:
-    """Re-read ``membership`` once the clinic row is locked: it was fetched before the lock and may be stale."""
+    """Re-read ``membership`` under the clinic lock: it was fetched before the lock and may be stale."""
     membership.refresh_from_db(fields=["role", "is_active", "deactivated_at"])
 
 
@@ -365,8 +416,10 @@ def _may_manage(actor: Actor, membership: Membership) -> None:
     if membership.role == Role.OWNER and actor.role != Role.OWNER:
         raise Forbidden("Only an owner can change another owner's membership.", code="role_insufficient")
     if not actor.has_role(membership.role):
-        raise Forbidden(f"You cannot manage a member whose role ({membership.role}) is above yours.",
-                        code="role_insufficient")
+        raise Forbidden(
+            f"You cannot manage a member whose role ({membership.role}) is above yours.",
+            code="role_insufficient",
+        )
 
 
 @transaction.atomic
@@ -383,9 +436,14 @@ def membership_change_role(*, actor: Actor, membership: Membership, role: str) -
     previous = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
-    audit_record(clinic=clinic, actor=actor, action="membership.role_changed", target_type="membership",
-                 target_id=membership.id,
-                 data={"email": membership.user.email, "from": previous, "to": role})
+    audit_record(
+        clinic=clinic,
+        actor=actor,
+        action="membership.role_changed",
+        target_type="membership",
+        target_id=membership.id,
+        data={"email": membership.user.email, "from": previous, "to": role},
+    )
     return membership
 
 
@@ -402,8 +460,14 @@ def membership_deactivate(*, actor: Actor, membership: Membership) -> Membership
     membership.is_active = False
     membership.deactivated_at = timezone.now()
     membership.save(update_fields=["is_active", "deactivated_at"])
-    audit_record(clinic=clinic, actor=actor, action="membership.deactivated", target_type="membership",
-                 target_id=membership.id, data={"email": membership.user.email})
+    audit_record(
+        clinic=clinic,
+        actor=actor,
+        action="membership.deactivated",
+        target_type="membership",
+        target_id=membership.id,
+        data={"email": membership.user.email},
+    )
     return membership
 
 
@@ -419,8 +483,14 @@ def membership_activate(*, actor: Actor, membership: Membership) -> Membership:
     membership.is_active = True
     membership.deactivated_at = None
     membership.save(update_fields=["is_active", "deactivated_at"])
-    audit_record(clinic=clinic, actor=actor, action="membership.activated", target_type="membership",
-                 target_id=membership.id, data={"email": membership.user.email})
+    audit_record(
+        clinic=clinic,
+        actor=actor,
+        action="membership.activated",
+        target_type="membership",
+        target_id=membership.id,
+        data={"email": membership.user.email},
+    )
     return membership
 
 
@@ -432,7 +502,9 @@ def ownership_transfer(*, actor: Actor, membership: Membership) -> Membership:
     that the target is still active, so concurrent transfers cannot mint two owners.
     """
     if actor.role != Role.OWNER or actor.membership is None:
-        raise Forbidden("Only an owner, signed in as a person, can transfer ownership.", code="role_insufficient")
+        raise Forbidden(
+            "Only an owner, signed in as a person, can transfer ownership.", code="role_insufficient"
+        )
     clinic = _lock_clinic(actor.clinic.id)
     # The actor's role was read before the lock: a concurrent transfer may have taken it away.
     if not Membership.objects.filter(id=actor.membership.id, role=Role.OWNER, is_active=True).exists():
@@ -445,9 +517,14 @@ def ownership_transfer(*, actor: Actor, membership: Membership) -> Membership:
     membership.role = Role.OWNER
     membership.save(update_fields=["role"])
     Membership.objects.filter(id=actor.membership.id).update(role=Role.ADMIN)
-    audit_record(clinic=clinic, actor=actor, action="ownership.transferred", target_type="membership",
-                 target_id=membership.id,
-                 data={"to": membership.user.email, "from": actor.label})
+    audit_record(
+        clinic=clinic,
+        actor=actor,
+        action="ownership.transferred",
+        target_type="membership",
+        target_id=membership.id,
+        data={"to": membership.user.email, "from": actor.label},
+    )
     return membership
 
 
@@ -475,7 +552,11 @@ def api_key_create(
         try:
             with transaction.atomic():
                 api_key = ApiKey.objects.create(
-                    clinic=clinic, name=name, role=role, prefix=prefix, secret_hash=secret_hash,
+                    clinic=clinic,
+                    name=name,
+                    role=role,
+                    prefix=prefix,
+                    secret_hash=secret_hash,
                     created_by=created_by,
                 )
             break
@@ -483,8 +564,15 @@ def api_key_create(
             continue
     else:  # pragma: no cover
         raise RuntimeError("could not allocate a unique API key prefix")
-    audit_record(clinic=clinic, actor=actor, user=created_by, action="api_key.created", target_type="api_key",
-                 target_id=api_key.id, data={"name": name, "role": role, "prefix": prefix})
+    audit_record(
+        clinic=clinic,
+        actor=actor,
+        user=created_by,
+        action="api_key.created",
+        target_type="api_key",
+        target_id=api_key.id,
+        data={"name": name, "role": role, "prefix": prefix},
+    )
     return IssuedApiKey(api_key=api_key, key=full_key)
 
 
@@ -494,8 +582,14 @@ def api_key_revoke(*, actor: Actor, api_key: ApiKey) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
-        audit_record(clinic=api_key.clinic, actor=actor, action="api_key.revoked", target_type="api_key",
-                     target_id=api_key.id, data={"name": api_key.name, "prefix": api_key.prefix})
+        audit_record(
+            clinic=api_key.clinic,
+            actor=actor,
+            action="api_key.revoked",
+            target_type="api_key",
+            target_id=api_key.id,
+            data={"name": api_key.name, "prefix": api_key.prefix},
+        )
     return api_key
 
 

@@ -53,7 +53,7 @@ def test_admin_creates_a_key_shown_once_and_stored_only_as_sha256(cast) -> None:
     assert (tag, prefix) == ("xck", body["prefix"])
     assert body["role"] == Role.TECHNICIAN
     assert body["created_by"] == cast.members[Role.ADMIN].user.email
-    stored = ApiKey.objects.get(id=body["id"])
+    stored = ApiKey.objects.get(id=str(body["id"]))
     assert stored.clinic_id == cast.clinic.id
     assert stored.secret_hash == hashlib.sha256(key.encode()).hexdigest()
     dump = _database_dump()
@@ -89,7 +89,7 @@ def test_roles_below_admin_cannot_manage_keys(cast, problem, role: str) -> None:
     problem(client.post(KEYS, {"name": "mine", "role": Role.VIEWER}, format="json"), 403, "role_insufficient")
     problem(client.get(_detail(body["id"])), 403, "role_insufficient")
     problem(client.delete(_detail(body["id"])), 403, "role_insufficient")
-    assert ApiKey.objects.get(id=body["id"]).revoked_at is None
+    assert ApiKey.objects.get(id=str(body["id"])).revoked_at is None
 
 
 def test_an_owner_key_is_refused(cast, problem) -> None:  # type: ignore[no-untyped-def]
@@ -137,7 +137,7 @@ def test_a_key_acts_for_its_clinic_and_records_last_use(cast) -> None:  # type: 
 
     assert response.status_code == 200, response.content
     assert response.json()["id"] == str(cast.clinic.id)
-    assert ApiKey.objects.get(id=body["id"]).last_used_at is not None
+    assert ApiKey.objects.get(id=str(body["id"])).last_used_at is not None
 
 
 def test_a_viewer_key_cannot_invite(cast, problem) -> None:  # type: ignore[no-untyped-def]
@@ -180,7 +180,7 @@ def test_a_revoked_key_stops_at_once(cast, problem) -> None:  # type: ignore[no-
     assert "revoked" in str(revoked["detail"])
     # Revoking again is harmless.
     assert cast.client(Role.ADMIN).delete(_detail(body["id"])).status_code == 204
-    assert AuditEntry.objects.filter(action="api_key.revoked", target_id=body["id"]).count() == 1
+    assert AuditEntry.objects.filter(action="api_key.revoked", target_id=str(body["id"])).count() == 1
 
 
 @pytest.mark.parametrize(
@@ -209,7 +209,7 @@ def test_a_known_prefix_with_a_wrong_secret_is_401(cast, problem) -> None:  # ty
     forged = f"xck_{body['prefix']}_{'A' * 43}"
 
     problem(_api_key_client(forged).get(CLINIC), 401, "api_key_invalid")
-    assert ApiKey.objects.get(id=body["id"]).last_used_at is None
+    assert ApiKey.objects.get(id=str(body["id"])).last_used_at is None
 
 
 def test_list_hides_revoked_keys_unless_asked(cast, problem) -> None:  # type: ignore[no-untyped-def]

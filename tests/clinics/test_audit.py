@@ -40,13 +40,19 @@ def history(cast, anon):
         return response
 
     ok(owner.patch("/api/v1/clinic/", {"name": "Alpha Animal Care"}, **ORIGIN))
-    invitation = ok(owner.post("/api/v1/invitations/", {"email": "n@example.test", "role": "vet"}, **ORIGIN),
-                    201).json()
-    revoked = ok(owner.post("/api/v1/invitations/", {"email": "r@example.test", "role": "vet"}, **ORIGIN),
-                 201).json()
+    invitation = ok(
+        owner.post("/api/v1/invitations/", {"email": "n@example.test", "role": "vet"}, **ORIGIN), 201
+    ).json()
+    revoked = ok(
+        owner.post("/api/v1/invitations/", {"email": "r@example.test", "role": "vet"}, **ORIGIN), 201
+    ).json()
     ok(owner.delete(f"/api/v1/invitations/{revoked['id']}/", **ORIGIN), 204)
-    ok(anon.post("/api/v1/invitations/accept/", {"token": invitation["token"], "password": PASSWORD}, **ORIGIN),
-       201)
+    ok(
+        anon.post(
+            "/api/v1/invitations/accept/", {"token": invitation["token"], "password": PASSWORD}, **ORIGIN
+        ),
+        201,
+    )
     ok(owner.patch(f"/api/v1/members/{vet.id}/", {"role": "technician"}, **ORIGIN))
     ok(owner.post(f"/api/v1/members/{viewer.id}/deactivate/", **ORIGIN))
     ok(owner.post(f"/api/v1/members/{viewer.id}/activate/", **ORIGIN))
@@ -85,9 +91,12 @@ def test_entries_carry_actor_ip_and_user_agent(cast, history):
         assert (entry.ip, entry.user_agent) == ("203.0.113.20", "audit-test/1.0"), entry.action
         if entry.action == "invitation.accepted":
             assert entry.actor_label == "n@example.test"
+            assert entry.actor_user is not None
             assert entry.actor_user.email == "n@example.test"
         else:
-            assert (entry.actor_user_id, entry.actor_label) == (owner.user_id, "owner@alpha.test"), entry.action
+            assert (entry.actor_user_id, entry.actor_label) == (owner.user_id, "owner@alpha.test"), (
+                entry.action
+            )
     body = cast.client(Role.ADMIN).get(AUDIT, {"action": "membership.role_changed"}).json()["results"][0]
     assert body["actor"] == "owner@alpha.test"
     assert body["actor_user_id"] == str(owner.user_id)
@@ -102,9 +111,16 @@ def test_filter_by_exact_action_and_by_family(cast, history):
     client = cast.client(Role.ADMIN)
     assert actions(client.get(AUDIT, {"action": "membership.role_changed"})) == ["membership.role_changed"]
     assert actions(client.get(AUDIT, {"action": "membership"})) == [
-        "membership.activated", "membership.deactivated", "membership.role_changed"]
+        "membership.activated",
+        "membership.deactivated",
+        "membership.role_changed",
+    ]
     assert actions(client.get(AUDIT, {"action": "invitation"})) == [
-        "invitation.accepted", "invitation.revoked", "invitation.created", "invitation.created"]
+        "invitation.accepted",
+        "invitation.revoked",
+        "invitation.created",
+        "invitation.created",
+    ]
     # A family is a whole prefix segment: "member" does not match "membership.*".
     assert actions(client.get(AUDIT, {"action": "member"})) == []
 
@@ -113,7 +129,9 @@ def test_filter_by_target(cast, history):
     client = cast.client(Role.ADMIN)
     revoked_id = history["revoked"]["id"]
     assert actions(client.get(AUDIT, {"target_type": "invitation", "target_id": revoked_id})) == [
-        "invitation.revoked", "invitation.created"]
+        "invitation.revoked",
+        "invitation.created",
+    ]
     assert actions(client.get(AUDIT, {"target_type": "api_key"})) == ["api_key.revoked", "api_key.created"]
     assert actions(client.get(AUDIT, {"target_id": str(uuid.uuid4())})) == []
 
@@ -149,8 +167,14 @@ def test_filter_by_time(cast, history):
 
 @pytest.mark.parametrize(
     "params",
-    [{"target_id": "nope"}, {"actor_user_id": "nope"}, {"actor_api_key_id": "1"}, {"since": "yesterday"},
-     {"until": "2024-13-45"}, {"action": "x" * 65}],
+    [
+        {"target_id": "nope"},
+        {"actor_user_id": "nope"},
+        {"actor_api_key_id": "1"},
+        {"since": "yesterday"},
+        {"until": "2024-13-45"},
+        {"action": "x" * 65},
+    ],
 )
 def test_bad_filter_names_the_field(cast, problem, params):
     body = problem(cast.client(Role.ADMIN).get(AUDIT, params), 400)
@@ -186,11 +210,17 @@ def test_refused_requests_leave_no_entry(cast, problem):
 
 def test_ip_comes_from_remote_addr_unless_proxies_are_trusted(cast, settings):
     client = cast.client(Role.ADMIN)
-    client.patch("/api/v1/clinic/", {"name": "One"}, REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.1")
+    client.patch(
+        "/api/v1/clinic/", {"name": "One"}, REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.1"
+    )
     assert AuditEntry.objects.get(data__name="One").ip == "10.0.0.1"
     settings.XCALIBER = {**settings.XCALIBER, "TRUSTED_PROXY_COUNT": 1}
-    client.patch("/api/v1/clinic/", {"name": "Two"}, REMOTE_ADDR="10.0.0.1",
-                 HTTP_X_FORWARDED_FOR="192.0.2.66, 198.51.100.1")
+    client.patch(
+        "/api/v1/clinic/",
+        {"name": "Two"},
+        REMOTE_ADDR="10.0.0.1",
+        HTTP_X_FORWARDED_FOR="192.0.2.66, 198.51.100.1",
+    )
     assert AuditEntry.objects.get(data__name="Two").ip == "198.51.100.1"
 
 

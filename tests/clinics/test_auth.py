@@ -317,8 +317,13 @@ def test_api_keys_cannot_use_person_endpoints(problem) -> None:  # type: ignore[
     client, _ = key_client(make_clinic(), Role.ADMIN)
 
     problem(client.get(ME), 403, "user_token_required")
-    problem(client.post(PASSWORD_URL, {"current_password": PASSWORD, "new_password": NEW_PASSWORD},
-                        format="json"), 403, "user_token_required")
+    problem(
+        client.post(
+            PASSWORD_URL, {"current_password": PASSWORD, "new_password": NEW_PASSWORD}, format="json"
+        ),
+        403,
+        "user_token_required",
+    )
 
 
 # ---------------------------------------------------------------------------- password change

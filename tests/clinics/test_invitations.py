@@ -12,9 +12,9 @@ from django.utils import timezone
 
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import AuditEntry, Invitation, Membership, Role, User
-from clinics.tenancy.services import invitation_create
+from clinics.tenancy.services import invitation_create, invitation_revoke
 from tests.conftest import PASSWORD, bearer_client, key_client, make_member, make_user
-from xcaliber.lib.problems import Forbidden
+from xcaliber.lib.problems import Conflict, Forbidden
 
 pytestmark = pytest.mark.django_db
 
@@ -39,8 +39,12 @@ def invite(cast, email: str = "new@example.test", role: str = Role.VET, by: str 
 
 def state() -> tuple[int, int, int, int]:
     """Row counts that a refused request must leave alone."""
-    return (User.objects.count(), Membership.objects.count(), Invitation.objects.count(),
-            AuditEntry.objects.count())
+    return (
+        User.objects.count(),
+        Membership.objects.count(),
+        Invitation.objects.count(),
+        AuditEntry.objects.count(),
+    )
 
 
 # ---------------------------------------------------------------------------- create
@@ -48,8 +52,12 @@ def state() -> tuple[int, int, int, int]:
 
 def test_admin_invites_and_the_email_carries_the_token(cast, mailoutbox, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        r = cast.client(Role.ADMIN).post(INVITATIONS, {"email": " New.Person@Example.TEST ", "role": "vet"},
-                                         REMOTE_ADDR="203.0.113.9", HTTP_USER_AGENT="ua/invite")
+        r = cast.client(Role.ADMIN).post(
+            INVITATIONS,
+            {"email": " New.Person@Example.TEST ", "role": "vet"},
+            REMOTE_ADDR="203.0.113.9",
+            HTTP_USER_AGENT="ua/invite",
+        )
     assert r.status_code == 201, r.content
     body = r.json()
     assert body["email"] == "new.person@example.test"
@@ -64,21 +72,32 @@ def test_admin_invites_and_the_email_carries_the_token(cast, mailoutbox, django_
     assert body["token"] in mail.body
     entry = AuditEntry.objects.get(action="invitation.created")
     assert (entry.target_type, entry.target_id) == ("invitation", invitation.id)
-    assert (entry.actor_user_id, entry.ip, entry.user_agent) == (cast.members[Role.ADMIN].user_id, "203.0.113.9",
-                                                                 "ua/invite")
+    assert (entry.actor_user_id, entry.ip, entry.user_agent) == (
+        cast.members[Role.ADMIN].user_id,
+        "203.0.113.9",
+        "ua/invite",
+    )
 
 
-def test_no_email_when_the_invitation_is_refused(cast, mailoutbox, django_capture_on_commit_callbacks, problem):
+def test_no_email_when_the_invitation_is_refused(
+    cast, mailoutbox, django_capture_on_commit_callbacks, problem
+):
     with django_capture_on_commit_callbacks(execute=True):
-        problem(cast.client(Role.ADMIN).post(INVITATIONS, {"email": "vet@alpha.test", "role": "vet"}), 409,
-                "already_member")
+        problem(
+            cast.client(Role.ADMIN).post(INVITATIONS, {"email": "vet@alpha.test", "role": "vet"}),
+            409,
+            "already_member",
+        )
     assert mailoutbox == []
 
 
 def test_invite_needs_admin(cast, problem):
     before = state()
-    problem(cast.client(Role.VET).post(INVITATIONS, {"email": "x@example.test", "role": "viewer"}), 403,
-            "role_insufficient")
+    problem(
+        cast.client(Role.VET).post(INVITATIONS, {"email": "x@example.test", "role": "viewer"}),
+        403,
+        "role_insufficient",
+    )
     problem(cast.client(Role.VET).get(INVITATIONS), 403, "role_insufficient")
     assert state() == before
 
@@ -100,8 +119,11 @@ def test_invite_bad_input_names_the_field(cast, problem, payload, fields):
 
 def test_role_owner_is_not_assignable_by_invitation(cast, problem):
     before = state()
-    body = problem(cast.client(Role.OWNER).post(INVITATIONS, {"email": "x@example.test", "role": "owner"}), 400,
-                   "role_not_assignable")
+    body = problem(
+        cast.client(Role.OWNER).post(INVITATIONS, {"email": "x@example.test", "role": "owner"}),
+        400,
+        "role_not_assignable",
+    )
     assert body["errors"][0]["field"] == "role"
     assert state() == before
 
@@ -122,15 +144,21 @@ def test_an_actor_cannot_invite_above_their_own_role(cast):
 def test_duplicate_pending_invitation_conflicts(cast, problem):
     invite(cast, email="dup@example.test")
     before = state()
-    problem(cast.client(Role.ADMIN).post(INVITATIONS, {"email": "DUP@example.test", "role": "viewer"}), 409,
-            "invitation_pending")
+    problem(
+        cast.client(Role.ADMIN).post(INVITATIONS, {"email": "DUP@example.test", "role": "viewer"}),
+        409,
+        "invitation_pending",
+    )
     assert state() == before
 
 
 def test_inviting_an_active_member_conflicts(cast, problem):
     before = state()
-    problem(cast.client(Role.ADMIN).post(INVITATIONS, {"email": "Vet@Alpha.test", "role": "viewer"}), 409,
-            "already_member")
+    problem(
+        cast.client(Role.ADMIN).post(INVITATIONS, {"email": "Vet@Alpha.test", "role": "viewer"}),
+        409,
+        "already_member",
+    )
     assert state() == before
 
 
@@ -167,8 +195,12 @@ def test_list_and_filter_by_status(cast):
     assert r.status_code == 200
     assert {i["id"] for i in r.json()["results"]} == {pending["id"], revoked["id"]}
     assert all("token" not in i for i in r.json()["results"])
-    assert [i["id"] for i in client.get(INVITATIONS, {"status": "pending"}).json()["results"]] == [pending["id"]]
-    assert [i["id"] for i in client.get(INVITATIONS, {"status": "revoked"}).json()["results"]] == [revoked["id"]]
+    assert [i["id"] for i in client.get(INVITATIONS, {"status": "pending"}).json()["results"]] == [
+        pending["id"]
+    ]
+    assert [i["id"] for i in client.get(INVITATIONS, {"status": "revoked"}).json()["results"]] == [
+        revoked["id"]
+    ]
 
 
 def test_list_bad_filter_names_the_field(cast, problem):
@@ -256,13 +288,18 @@ def test_revoke_of_another_clinics_invitation_is_not_found(cast, problem):
 
 def test_accept_as_a_new_account(cast, anon):
     issued = invite(cast, email="fresh@example.test", role=Role.TECHNICIAN)
-    r = anon.post(ACCEPT, {"token": issued["token"], "password": PASSWORD, "full_name": "Fresh Person"},
-                  REMOTE_ADDR="192.0.2.44", HTTP_USER_AGENT="ua/accept")
+    r = anon.post(
+        ACCEPT,
+        {"token": issued["token"], "password": PASSWORD, "full_name": "Fresh Person"},
+        REMOTE_ADDR="192.0.2.44",
+        HTTP_USER_AGENT="ua/accept",
+    )
     assert r.status_code == 201, r.content
     body = r.json()
     assert body["membership"]["role"] == "technician"
     assert body["membership"]["clinic"]["id"] == str(cast.clinic.id)
-    assert body["tokens"]["access"] and body["tokens"]["refresh"]
+    assert body["tokens"]["access"]
+    assert body["tokens"]["refresh"]
     user = User.objects.get(email="fresh@example.test")
     assert user.full_name == "Fresh Person"
     assert user.check_password(PASSWORD)
@@ -272,7 +309,11 @@ def test_accept_as_a_new_account(cast, anon):
     assert (invitation.status, invitation.accepted_by_id) == ("accepted", user.id)
     entry = AuditEntry.objects.get(action="invitation.accepted")
     assert (entry.target_type, entry.target_id, entry.actor_user_id) == ("membership", membership.id, user.id)
-    assert (entry.ip, entry.user_agent, entry.actor_label) == ("192.0.2.44", "ua/accept", "fresh@example.test")
+    assert (entry.ip, entry.user_agent, entry.actor_label) == (
+        "192.0.2.44",
+        "ua/accept",
+        "fresh@example.test",
+    )
     # The returned tokens work at once for the new clinic.
     client = anon.__class__()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {body['tokens']['access']}")
@@ -282,7 +323,9 @@ def test_accept_as_a_new_account(cast, anon):
 def test_accept_as_a_new_account_with_a_weak_password(cast, anon, problem):
     issued = invite(cast, email="weak@example.test")
     before = state()
-    body = problem(anon.post(ACCEPT, {"token": issued["token"], "password": "12345"}), 400, "password_too_weak")
+    body = problem(
+        anon.post(ACCEPT, {"token": issued["token"], "password": "12345"}), 400, "password_too_weak"
+    )
     assert body["errors"][0]["field"] == "password"
     assert state() == before
     assert Invitation.objects.get(id=issued["id"]).status == "pending"
@@ -328,8 +371,11 @@ def test_accept_as_the_signed_in_user(cast):
 def test_accept_signed_in_with_another_email_is_refused(cast, problem):
     issued = invite(cast, email="someone@example.test")
     before = state()
-    problem(bearer_client(cast.outsider.user).post(ACCEPT, {"token": issued["token"]}), 403,
-            "invitation_email_mismatch")
+    problem(
+        bearer_client(cast.outsider.user).post(ACCEPT, {"token": issued["token"]}),
+        403,
+        "invitation_email_mismatch",
+    )
     assert state() == before
     assert Invitation.objects.get(id=issued["id"]).status == "pending"
 
@@ -406,5 +452,24 @@ def test_accepting_leaves_the_persons_other_clinics_alone(cast, anon):
     make_member(cast.other_clinic, Role.VIEWER, email="both@example.test")
     issued = invite(cast, email="both@example.test", role=Role.VET)
     assert anon.post(ACCEPT, {"token": issued["token"], "password": PASSWORD}).status_code == 201
-    roles = dict(Membership.objects.filter(user__email="both@example.test").values_list("clinic__slug", "role"))
+    roles = dict(
+        Membership.objects.filter(user__email="both@example.test").values_list("clinic__slug", "role")
+    )
     assert roles == {"alpha-vets": "vet", "beta-vets": "viewer"}
+
+
+def test_revoke_rereads_an_invitation_accepted_meanwhile(cast, anon):
+    """The view's copy was read before a concurrent acceptance committed: revoking it must not succeed."""
+    issued = invite(cast, email="race@example.test")
+    stale = Invitation.objects.get(id=issued["id"])
+    assert anon.post(ACCEPT, {"token": issued["token"], "password": PASSWORD}).status_code == 201
+    admin = cast.members[Role.ADMIN]
+    with pytest.raises(Conflict) as raised:
+        invitation_revoke(
+            actor=Actor(clinic=cast.clinic, role=Role.ADMIN, user=admin.user, membership=admin),
+            invitation=stale,
+        )
+    assert raised.value.code == "invitation_not_pending"
+    invitation = Invitation.objects.get(id=issued["id"])
+    assert (invitation.status, invitation.revoked_at) == ("accepted", None)
+    assert not AuditEntry.objects.filter(action="invitation.revoked").exists()

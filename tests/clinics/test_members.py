@@ -12,7 +12,12 @@ from django.utils import timezone
 
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import AuditEntry, Membership, Role
-from clinics.tenancy.services import LastOwner, membership_change_role, membership_deactivate, ownership_transfer
+from clinics.tenancy.services import (
+    LastOwner,
+    membership_change_role,
+    membership_deactivate,
+    ownership_transfer,
+)
 from tests.conftest import bearer_client, key_client, make_clinic, make_member
 from xcaliber.lib.problems import Forbidden
 
@@ -67,13 +72,21 @@ def test_clinic_get_answers_for_the_callers_own_clinic_only(cast):
 
 def test_clinic_patch_by_admin_updates_and_audits(cast):
     client = cast.client(Role.ADMIN)
-    r = client.patch(CLINIC, {"name": "Alpha Veterinary", "country": "kr", "timezone": "Asia/Seoul"},
-                     REMOTE_ADDR="198.51.100.7", HTTP_USER_AGENT="pytest-agent/1")
+    r = client.patch(
+        CLINIC,
+        {"name": "Alpha Veterinary", "country": "kr", "timezone": "Asia/Seoul"},
+        REMOTE_ADDR="198.51.100.7",
+        HTTP_USER_AGENT="pytest-agent/1",
+    )
     assert r.status_code == 200, r.content
     assert r.json()["country"] == "KR"
     assert r.json()["seats"]["active_members"] == 5
     cast.clinic.refresh_from_db()
-    assert (cast.clinic.name, cast.clinic.country, cast.clinic.timezone) == ("Alpha Veterinary", "KR", "Asia/Seoul")
+    assert (cast.clinic.name, cast.clinic.country, cast.clinic.timezone) == (
+        "Alpha Veterinary",
+        "KR",
+        "Asia/Seoul",
+    )
     entry = AuditEntry.objects.get(clinic=cast.clinic, action="clinic.updated")
     assert entry.actor_user_id == cast.members[Role.ADMIN].user_id
     assert (entry.ip, entry.user_agent) == ("198.51.100.7", "pytest-agent/1")
@@ -131,7 +144,9 @@ def test_member_list_filters_by_role_and_activity(cast):
     assert len(r.json()["results"]) == 4
 
 
-@pytest.mark.parametrize(("params", "field"), [({"role": "janitor"}, "role"), ({"is_active": "maybe"}, "is_active")])
+@pytest.mark.parametrize(
+    ("params", "field"), [({"role": "janitor"}, "role"), ({"is_active": "maybe"}, "is_active")]
+)
 def test_member_list_bad_filter_names_the_field(cast, problem, params, field):
     body = problem(cast.client(Role.VIEWER).get(MEMBERS, params), 400)
     assert body["errors"][0]["field"] == field
@@ -156,7 +171,9 @@ def test_member_list_walks_every_page_without_duplicates(cast):
         pages += 1
     assert pages == 6
     assert len(seen) == len(set(seen)) == 11
-    assert set(seen) == {str(i) for i in Membership.objects.filter(clinic=cast.clinic).values_list("id", flat=True)}
+    assert set(seen) == {
+        str(i) for i in Membership.objects.filter(clinic=cast.clinic).values_list("id", flat=True)
+    }
 
 
 def test_member_list_previous_link_walks_back(cast):
@@ -194,7 +211,9 @@ def test_member_detail(cast):
 def test_member_detail_of_another_clinic_is_not_found(cast, problem):
     foreign, missing = cast.outsider.id, uuid.uuid4()
     client = cast.client(Role.OWNER)
-    same_not_found(problem, client.get(member_url(foreign)), client.get(member_url(missing)), foreign, missing)
+    same_not_found(
+        problem, client.get(member_url(foreign)), client.get(member_url(missing)), foreign, missing
+    )
 
 
 # ---------------------------------------------------------------------------- members: role changes
@@ -228,8 +247,13 @@ def test_role_change_needs_admin(cast, problem):
 def test_role_change_of_another_clinics_member_is_not_found(cast, problem):
     foreign, missing = cast.outsider.id, uuid.uuid4()
     client = cast.client(Role.OWNER)
-    same_not_found(problem, client.patch(member_url(foreign), {"role": "viewer"}),
-                   client.patch(member_url(missing), {"role": "viewer"}), foreign, missing)
+    same_not_found(
+        problem,
+        client.patch(member_url(foreign), {"role": "viewer"}),
+        client.patch(member_url(missing), {"role": "viewer"}),
+        foreign,
+        missing,
+    )
     assert role_of(cast.outsider) == Role.OWNER
     assert not AuditEntry.objects.exists()
 
@@ -244,7 +268,9 @@ def test_role_change_bad_input_names_the_field(cast, problem, payload):
 
 def test_role_owner_is_not_assignable_by_role_change(cast, problem):
     admin = cast.members[Role.ADMIN]
-    body = problem(cast.client(Role.OWNER).patch(member_url(admin.id), {"role": "owner"}), 400, "role_not_assignable")
+    body = problem(
+        cast.client(Role.OWNER).patch(member_url(admin.id), {"role": "owner"}), 400, "role_not_assignable"
+    )
     assert body["errors"][0]["field"] == "role"
     assert role_of(admin) == Role.ADMIN
     assert not AuditEntry.objects.exists()
@@ -356,8 +382,13 @@ def test_deactivate_and_activate_of_another_clinics_member_is_not_found(cast, pr
     foreign = make_member(cast.other_clinic, Role.VET, active=action == "deactivate")
     missing = uuid.uuid4()
     client = cast.client(Role.OWNER)
-    same_not_found(problem, client.post(member_url(foreign.id, action)), client.post(member_url(missing, action)),
-                   foreign.id, missing)
+    same_not_found(
+        problem,
+        client.post(member_url(foreign.id, action)),
+        client.post(member_url(missing, action)),
+        foreign.id,
+        missing,
+    )
     was_active = foreign.is_active
     foreign.refresh_from_db()
     assert foreign.is_active == was_active
@@ -408,7 +439,11 @@ def test_transfer_ownership_by_non_owner_is_refused(cast, problem):
 
 def test_transfer_ownership_to_inactive_member_conflicts(cast, problem):
     inactive = make_member(cast.clinic, Role.VET, active=False)
-    problem(cast.client(Role.OWNER).post(TRANSFER, {"membership_id": str(inactive.id)}), 409, "membership_inactive")
+    problem(
+        cast.client(Role.OWNER).post(TRANSFER, {"membership_id": str(inactive.id)}),
+        409,
+        "membership_inactive",
+    )
     assert (role_of(inactive), role_of(cast.members[Role.OWNER])) == (Role.VET, Role.OWNER)
     assert not AuditEntry.objects.exists()
 
@@ -416,8 +451,13 @@ def test_transfer_ownership_to_inactive_member_conflicts(cast, problem):
 def test_transfer_ownership_to_foreign_membership_is_not_found(cast, problem):
     foreign, missing = cast.outsider.id, uuid.uuid4()
     client = cast.client(Role.OWNER)
-    same_not_found(problem, client.post(TRANSFER, {"membership_id": str(foreign)}),
-                   client.post(TRANSFER, {"membership_id": str(missing)}), foreign, missing)
+    same_not_found(
+        problem,
+        client.post(TRANSFER, {"membership_id": str(foreign)}),
+        client.post(TRANSFER, {"membership_id": str(missing)}),
+        foreign,
+        missing,
+    )
     assert role_of(cast.members[Role.OWNER]) == Role.OWNER
     assert not AuditEntry.objects.exists()
 
@@ -430,13 +470,15 @@ def test_transfer_ownership_bad_input_names_the_field(cast, problem, payload):
 
 def test_transfer_ownership_to_self_is_refused(cast, problem):
     owner = cast.members[Role.OWNER]
-    body = problem(cast.client(Role.OWNER).post(TRANSFER, {"membership_id": str(owner.id)}), 400, "already_owner")
+    body = problem(
+        cast.client(Role.OWNER).post(TRANSFER, {"membership_id": str(owner.id)}), 400, "already_owner"
+    )
     assert body["errors"][0]["field"] == "membership_id"
     assert role_of(owner) == Role.OWNER
 
 
 def test_transfer_ownership_rechecks_the_callers_role_under_the_lock(cast):
-    """An actor resolved as owner who has lost ownership since (a concurrent transfer) cannot transfer again."""
+    """An actor resolved as owner who lost ownership since (a concurrent transfer) cannot transfer again."""
     owner, admin, vet = cast.members[Role.OWNER], cast.members[Role.ADMIN], cast.members[Role.VET]
     stale = Actor(clinic=cast.clinic, role=Role.OWNER, user=owner.user, membership=owner)
     ownership_transfer(actor=stale, membership=admin)
@@ -450,8 +492,9 @@ def test_deactivate_rereads_a_stale_membership_under_the_lock(cast):
     """A membership read as admin just before it became the sole owner cannot be deactivated as an admin."""
     owner, admin = cast.members[Role.OWNER], cast.members[Role.ADMIN]
     stale_admin = Membership.objects.get(id=admin.id)
-    ownership_transfer(actor=Actor(clinic=cast.clinic, role=Role.OWNER, user=owner.user, membership=owner),
-                       membership=admin)
+    ownership_transfer(
+        actor=Actor(clinic=cast.clinic, role=Role.OWNER, user=owner.user, membership=owner), membership=admin
+    )
     new_owner = Actor(clinic=cast.clinic, role=Role.OWNER, user=admin.user, membership=admin)
     with pytest.raises(LastOwner):
         membership_deactivate(actor=new_owner, membership=stale_admin)
@@ -461,7 +504,9 @@ def test_deactivate_rereads_a_stale_membership_under_the_lock(cast):
 
 def test_transfer_ownership_is_refused_to_api_keys(cast, problem):
     client, _ = key_client(cast.clinic, Role.ADMIN)
-    problem(client.post(TRANSFER, {"membership_id": str(cast.members[Role.VET].id)}), 403, "role_insufficient")
+    problem(
+        client.post(TRANSFER, {"membership_id": str(cast.members[Role.VET].id)}), 403, "role_insufficient"
+    )
 
 
 # ---------------------------------------------------------------------------- X-Clinic

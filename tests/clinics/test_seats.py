@@ -57,8 +57,13 @@ def small(db: None) -> Small:
 
 
 def state() -> tuple[int, int, int, int, int]:
-    return (User.objects.count(), Membership.objects.count(), Membership.objects.filter(is_active=True).count(),
-            Invitation.objects.count(), AuditEntry.objects.count())
+    return (
+        User.objects.count(),
+        Membership.objects.count(),
+        Membership.objects.filter(is_active=True).count(),
+        Invitation.objects.count(),
+        AuditEntry.objects.count(),
+    )
 
 
 def test_seats_are_reported_on_the_clinic(small):
@@ -71,8 +76,11 @@ def test_a_pending_invitation_holds_a_seat(small, problem, mailoutbox, django_ca
     small.invite("a@example.test")
     before = state()
     with django_capture_on_commit_callbacks(execute=True):
-        body = problem(small.client.post(INVITATIONS, {"email": "b@example.test", "role": "viewer"}), 409,
-                       "seat_limit_reached")
+        body = problem(
+            small.client.post(INVITATIONS, {"email": "b@example.test", "role": "viewer"}),
+            409,
+            "seat_limit_reached",
+        )
     assert (body["seat_limit"], body["active"], body["pending_invitations"]) == (3, 2, 1)
     assert state() == before
     assert mailoutbox == []

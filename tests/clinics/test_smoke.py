@@ -6,9 +6,17 @@ pytestmark = pytest.mark.django_db
 
 
 def test_register_login_me_flow(anon):
-    r = anon.post("/api/v1/auth/register/", {"clinic_name": "Seoul Animal Hospital", "email": "Boss@Example.test",
-                                             "password": PASSWORD, "country": "kr", "timezone": "Asia/Seoul"},
-                  format="json")
+    r = anon.post(
+        "/api/v1/auth/register/",
+        {
+            "clinic_name": "Seoul Animal Hospital",
+            "email": "Boss@Example.test",
+            "password": PASSWORD,
+            "country": "kr",
+            "timezone": "Asia/Seoul",
+        },
+        format="json",
+    )
     assert r.status_code == 201, r.content
     body = r.json()
     assert body["clinic"]["country"] == "KR"

@@ -51,8 +51,14 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, *,
-             alive: Callable[[], str | None] | None = None, interval: float = 0.1) -> T:
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    *,
+    alive: Callable[[], str | None] | None = None,
+    interval: float = 0.1,
+) -> T:
     """Poll ``probe`` until it returns something other than None; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -107,15 +113,27 @@ def system_python(check: str) -> str | None:
 class ServerProcess:
     """A subprocess in its own process group, its output in a log file, killed as a group."""
 
-    def __init__(self, name: str, command: Sequence[str], *, env: Mapping[str, str], log_path: Path,
-                 cwd: Path = REPO_ROOT) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        log_path: Path,
+        cwd: Path = REPO_ROOT,
+    ) -> None:
         self.name = name
         self.command = list(command)
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            self.command, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            self.command,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def log_text(self, limit: int = 20_000) -> str:
@@ -152,8 +170,9 @@ class ServerProcess:
 class HttpServer(ServerProcess):
     """A server process that answers HTTP on ``base_url``."""
 
-    def __init__(self, name: str, command: Sequence[str], *, port: int, env: Mapping[str, str],
-                 log_path: Path) -> None:
+    def __init__(
+        self, name: str, command: Sequence[str], *, port: int, env: Mapping[str, str], log_path: Path
+    ) -> None:
         super().__init__(name, command, env=env, log_path=log_path)
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
@@ -174,8 +193,15 @@ class HttpServer(ServerProcess):
 
 def run_checked(command: Sequence[str], *, env: Mapping[str, str], timeout: float = 120) -> None:
     """Run a command to completion; on failure, fail with its output."""
-    result = subprocess.run(list(command), cwd=REPO_ROOT, env=dict(env), capture_output=True, text=True,
-                            timeout=timeout, check=False)
+    result = subprocess.run(
+        list(command),
+        cwd=REPO_ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"

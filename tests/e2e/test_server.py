@@ -72,8 +72,9 @@ def bearer(access: str) -> dict[str, str]:
 
 
 def login(server: HttpServer, email: str, password: str) -> str:
-    response = requests.post(server.url("/api/v1/auth/login/"), json={"email": email, "password": password},
-                             timeout=HTTP_TIMEOUT)
+    response = requests.post(
+        server.url("/api/v1/auth/login/"), json={"email": email, "password": password}, timeout=HTTP_TIMEOUT
+    )
     assert response.status_code == 200, response.text
     access = response.json()["access"]
     assert access
@@ -200,8 +201,10 @@ def test_embedded_websocket_unknown_path_is_refused(embedded_server: HttpServer,
     uri = f"ws://127.0.0.1:{embedded_server.port}/ws/no-such-route/"
     headers = {"Origin": embedded_server.base_url} if origin else None
     # open_timeout bounds the handshake: a TimeoutError here means the server left it hanging.
-    with pytest.raises(InvalidHandshake) as refused, \
-            connect(uri, open_timeout=10, close_timeout=2, additional_headers=headers) as ws:
+    with (
+        pytest.raises(InvalidHandshake) as refused,
+        connect(uri, open_timeout=10, close_timeout=2, additional_headers=headers) as ws,
+    ):
         pytest.fail(f"the handshake to an unknown path was accepted: {ws.response}")
     assert isinstance(refused.value, InvalidStatus), repr(refused.value)
     # Refused with an HTTP status instead of 101. Without an Origin header AllowedHostsOriginValidator
@@ -238,8 +241,11 @@ def run_py_demo(tmp_path: Path) -> Iterator[DemoServer]:
     port = free_port()
     env = clean_env(XCALIBER_VENV=str(venv_bin().parent), XCALIBER_DATA_DIR=str(data_dir))
     server = HttpServer(
-        "run.py-serve", [python3, str(REPO_ROOT / "run.py"), "serve", "--demo", "--port", str(port)],
-        port=port, env=env, log_path=tmp_path / "run-py.log",
+        "run.py-serve",
+        [python3, str(REPO_ROOT / "run.py"), "serve", "--demo", "--port", str(port)],
+        port=port,
+        env=env,
+        log_path=tmp_path / "run-py.log",
     )
     try:
         # The first run after a pyproject.toml change pip-installs the project into the venv: allow for that.
@@ -264,7 +270,8 @@ def test_run_py_serve_demo(run_py_demo: DemoServer) -> None:
     response = requests.get(server.url("/api/v1/members/"), headers=bearer(access), timeout=HTTP_TIMEOUT)
     assert response.status_code == 200, response.text
     assert {m["user"]["email"] for m in response.json()["results"]} == {
-        "owner@demo.xcaliber.local", "vet@demo.xcaliber.local",
+        "owner@demo.xcaliber.local",
+        "vet@demo.xcaliber.local",
     }
 
     secret_key = data_dir / "secret_key"
@@ -331,9 +338,14 @@ def s3_server(tmp_path: Path) -> Iterator[S3Server]:
         return
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    process = ServerProcess("moto", [*command, "-H", "127.0.0.1", "-p", str(port)],
-                            env=clean_env(), log_path=tmp_path / "moto.log")
+    process = ServerProcess(
+        "moto",
+        [*command, "-H", "127.0.0.1", "-p", str(port)],
+        env=clean_env(),
+        log_path=tmp_path / "moto.log",
+    )
     try:
+
         def up() -> bool | None:
             return True if requests.get(endpoint + "/", timeout=2).status_code == 200 else None
 
@@ -341,8 +353,13 @@ def s3_server(tmp_path: Path) -> Iterator[S3Server]:
         import boto3  # type: ignore[import-untyped]
 
         bucket = f"xc-e2e-{secrets.token_hex(4)}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=bucket)
         yield S3Server(process=process, endpoint=endpoint, bucket=bucket)
     finally:
         process.stop()
@@ -359,8 +376,9 @@ class ProductionStack:
 
 
 @pytest.fixture
-def production_stack(tmp_path: Path, postgres_url: str, redis_url: str,
-                     s3_server: S3Server) -> Iterator[ProductionStack]:
+def production_stack(
+    tmp_path: Path, postgres_url: str, redis_url: str, s3_server: S3Server
+) -> Iterator[ProductionStack]:
     env = clean_env(
         XCALIBER_ENV="production",
         XCALIBER_SECRET_KEY=secrets.token_urlsafe(50),

@@ -78,7 +78,9 @@ def env_int(
     return result
 
 
-def env_list(name: str, default: Sequence[str] = (), *, environ: Mapping[str, str] | None = None) -> list[str]:
+def env_list(
+    name: str, default: Sequence[str] = (), *, environ: Mapping[str, str] | None = None
+) -> list[str]:
     """A comma-separated list; blanks are dropped."""
     value = _raw(name, environ)
     if value is None or value == "":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -189,8 +190,9 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
     set_rollback()
     if isinstance(exc, drf_exceptions.ValidationError):
         errors = _flatten_validation(exc.detail)
-        codes = {e["code"] for e in errors}
-        code = codes.pop() if len(codes) == 1 and errors and errors[0]["field"] == "" else "invalid"
+        field_codes = {e["code"] for e in errors}
+        whole_body = len(field_codes) == 1 and errors and errors[0]["field"] == ""
+        code = field_codes.pop() if whole_body else "invalid"
         body = problem_body(
             status=exc.status_code,
             code=code,
@@ -203,11 +205,11 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
 
     detail = exc.detail
     text = _summary(_flatten_validation(detail)) if isinstance(detail, dict | list) else str(detail)
-    code = exc.get_codes()
-    if not isinstance(code, str):
-        code = exc.default_code
-    if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-        headers["Retry-After"] = str(int(exc.wait) + (0 if exc.wait == int(exc.wait) else 1))
+    codes = exc.get_codes()
+    code = codes if isinstance(codes, str) else str(exc.default_code)
+    wait: float | None = getattr(exc, "wait", None)  # Throttled sets it; the stubs omit it
+    if isinstance(exc, drf_exceptions.Throttled) and wait is not None:
+        headers["Retry-After"] = str(math.ceil(wait))
     if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
         auth_header = getattr(exc, "auth_header", None)
         if auth_header:
@@ -235,7 +237,9 @@ def django_not_found(request: HttpRequest, exception: Exception | None = None) -
 
 def django_method_not_allowed(request: HttpRequest, permitted: tuple[str, ...]) -> HttpResponse:
     response = _django_problem(
-        request, 405, "method_not_allowed",
+        request,
+        405,
+        "method_not_allowed",
         f"Method {request.method} is not allowed here; use {', '.join(permitted)}.",
     )
     response["Allow"] = ", ".join(permitted)

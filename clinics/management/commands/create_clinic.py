@@ -19,8 +19,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--name", required=True)
         parser.add_argument("--owner-email", required=True)
-        parser.add_argument("--password", required=True, help="The owner's password (an existing account's, "
-                            "if the email already has one).")
+        parser.add_argument(
+            "--password",
+            required=True,
+            help="The owner's password (an existing account's, if the email already has one).",
+        )
         parser.add_argument("--kind", choices=ClinicKind.values, default=ClinicKind.CLINIC)
         parser.add_argument("--seat-limit", type=int, default=None)
         parser.add_argument("--country", default="")
@@ -34,11 +37,11 @@ class Command(BaseCommand):
             raise CommandError(f"--name must be 1 to {max_length} characters")
         # The same checks as registration over HTTP: the service stores what it is given.
         try:
-            country = validate_country(options["country"])
+            validate_country(options["country"])
         except serializers.ValidationError as exc:
             raise CommandError(f"--country: {' '.join(map(str, exc.detail))}") from None
         try:
-            timezone_name = validate_timezone_name(options["timezone"])
+            validate_timezone_name(options["timezone"])
         except serializers.ValidationError as exc:
             raise CommandError(f"--timezone: {' '.join(map(str, exc.detail))}") from None
         try:
@@ -48,8 +51,8 @@ class Command(BaseCommand):
                 owner_password=options["password"],
                 kind=options["kind"],
                 seat_limit=options["seat_limit"],
-                country=country,
-                timezone_name=timezone_name,
+                country=options["country"],
+                timezone_name=options["timezone"],
                 existing_owner_ok=True,
             )
         except Problem as exc:

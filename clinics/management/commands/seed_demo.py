@@ -31,8 +31,13 @@ class Command(BaseCommand):
         clinic = Clinic.objects.filter(memberships__user__email=DEMO_OWNER).first()
         if clinic is None:
             registration = clinic_register(
-                name=DEMO_SLUG_NAME, owner_email=DEMO_OWNER, owner_password=owner_password,
-                owner_full_name="Demo Owner", country="KR", timezone_name="Asia/Seoul", seat_limit=10,
+                name=DEMO_SLUG_NAME,
+                owner_email=DEMO_OWNER,
+                owner_password=owner_password,
+                owner_full_name="Demo Owner",
+                country="KR",
+                timezone_name="Asia/Seoul",
+                seat_limit=10,
             )
             clinic = registration.clinic
             vet = User.objects.create_user(email=DEMO_VET, password=vet_password, full_name="Demo Vet")
@@ -43,10 +48,12 @@ class Command(BaseCommand):
                 user.set_password(password)
                 user.save(update_fields=["password"])
         else:
-            self.stdout.write(f"Demo clinic {clinic.name} ({clinic.id}) already exists; "
-                              "run with --reset-passwords for new passwords.")
+            self.stdout.write(
+                f"Demo clinic {clinic.name} ({clinic.id}) already exists; "
+                "run with --reset-passwords for new passwords."
+            )
             return
         self.stdout.write(f"Demo clinic: {clinic.name} ({clinic.id})")
         self.stdout.write(f"  owner login: {DEMO_OWNER}  password: {owner_password}")
         self.stdout.write(f"  vet login:   {DEMO_VET}  password: {vet_password}")
-        self.stdout.write("  POST /api/v1/auth/login/ with {\"email\": ..., \"password\": ...} for a token.")
+        self.stdout.write('  POST /api/v1/auth/login/ with {"email": ..., "password": ...} for a token.')

@@ -15,15 +15,20 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.serializers import TokenRefreshSerializer
-from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from clinics.tenancy import services
 from clinics.tenancy.api import serializers as s
 from clinics.tenancy.api.base import PublicAPIView, UserAPIView
+from clinics.tenancy.authentication import refresh_tokens_revoke_all
 from clinics.tenancy.models import User
 from clinics.tenancy.selectors import user_memberships
 from xcaliber.lib.problems import Forbidden, Invalid, Problem
+
+
+def access_token_seconds() -> int:
+    return int(jwt_settings.ACCESS_TOKEN_LIFETIME.total_seconds())
 
 
 def token_pair(user: User) -> dict[str, Any]:
@@ -31,16 +36,8 @@ def token_pair(user: User) -> dict[str, Any]:
     return {
         "access": str(refresh.access_token),
         "refresh": str(refresh),
-        "access_expires_in": int(settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"].total_seconds()),
+        "access_expires_in": access_token_seconds(),
     }
-
-
-def revoke_all_refresh_tokens(user: User) -> int:
-    """Blacklist every outstanding refresh token of ``user``; their next refresh fails."""
-    outstanding = OutstandingToken.objects.filter(user=user).exclude(blacklistedtoken__isnull=False)
-    tokens = list(outstanding)
-    BlacklistedToken.objects.bulk_create([BlacklistedToken(token=t) for t in tokens], ignore_conflicts=True)
-    return len(tokens)
 
 
 class LoginGuard:
@@ -163,13 +160,14 @@ class RefreshView(PublicAPIView):
         try:
             refresher.is_valid(raise_exception=True)
         except (exceptions.AuthenticationFailed, exceptions.ValidationError, TokenError):
-            raise Problem("The refresh token is invalid, expired or revoked.", code="token_invalid",
-                          status=401) from None
+            raise Problem(
+                "The refresh token is invalid, expired or revoked.", code="token_invalid", status=401
+            ) from None
         tokens = refresher.validated_data
         body = {
             "access": tokens["access"],
             "refresh": tokens["refresh"],
-            "access_expires_in": int(settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"].total_seconds()),
+            "access_expires_in": access_token_seconds(),
         }
         return Response(s.TokenPairOutputSerializer(body).data)
 
@@ -190,17 +188,16 @@ class LogoutView(PublicAPIView):
         data = s.LogoutInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            refresh = RefreshToken(data.validated_data["refresh"])  # type: ignore[arg-type]
+            refresh = RefreshToken(data.validated_data["refresh"])
             refresh.check_blacklist()
         except TokenError:
-            raise Problem("The refresh token is invalid, expired or revoked.", code="token_invalid",
-                          status=401) from None
+            raise Problem(
+                "The refresh token is invalid, expired or revoked.", code="token_invalid", status=401
+            ) from None
         with transaction.atomic():
             refresh.blacklist()
             if data.validated_data["everywhere"]:
-                user = User.objects.filter(id=refresh.payload.get(settings.SIMPLE_JWT["USER_ID_CLAIM"])).first()
-                if user is not None:
-                    revoke_all_refresh_tokens(user)
+                refresh_tokens_revoke_all(user_id=refresh.payload.get(jwt_settings.USER_ID_CLAIM))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -248,5 +245,5 @@ class PasswordChangeView(UserAPIView):
             raise Invalid("current_password", "is not your current password", code="password_incorrect")
         with transaction.atomic():
             services.user_password_change(user=user, password=data.validated_data["new_password"])
-            revoke_all_refresh_tokens(user)
+            refresh_tokens_revoke_all(user_id=user.id)
         return Response(s.TokenPairOutputSerializer(token_pair(user)).data)

@@ -111,8 +111,9 @@ class UserAPIView(_KernelView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         if not isinstance(request.user, User):
-            raise Forbidden("This endpoint needs a person's access token, not an API key.",
-                            code="user_token_required")
+            raise Forbidden(
+                "This endpoint needs a person's access token, not an API key.", code="user_token_required"
+            )
 
     @property
     def user(self) -> User:

@@ -12,16 +12,15 @@ from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, ClinicKind, Invit
 _TIMEZONES = zoneinfo.available_timezones()
 
 
-def validate_timezone_name(value: str) -> str:
+def validate_timezone_name(value: str) -> None:
     if value not in _TIMEZONES:
         raise serializers.ValidationError(f"{value!r} is not an IANA time zone name (e.g. Europe/Paris).")
-    return value
 
 
-def validate_country(value: str) -> str:
+def validate_country(value: str) -> None:
+    """Shape only; services store the code upper-cased."""
     if value and not (len(value) == 2 and value.isascii() and value.isalpha()):
         raise serializers.ValidationError("Give an ISO 3166-1 alpha-2 code, e.g. KR or US.")
-    return value.upper()
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -37,8 +36,17 @@ class UserOutputSerializer(serializers.ModelSerializer[User]):
 class ClinicOutputSerializer(serializers.ModelSerializer[Clinic]):
     class Meta:
         model = Clinic
-        fields = ("id", "name", "slug", "kind", "country", "timezone", "seat_limit", "created_at")
-        read_only_fields = fields
+        fields: tuple[str, ...] = (
+            "id",
+            "name",
+            "slug",
+            "kind",
+            "country",
+            "timezone",
+            "seat_limit",
+            "created_at",
+        )
+        read_only_fields: tuple[str, ...] = fields
 
 
 class ClinicSeatsOutputSerializer(serializers.Serializer[Any]):
@@ -76,13 +84,24 @@ class MyMembershipOutputSerializer(serializers.ModelSerializer[Membership]):
 
 class InvitationOutputSerializer(serializers.ModelSerializer[Invitation]):
     status = serializers.ChoiceField(choices=["pending", "accepted", "revoked", "expired"], read_only=True)
-    invited_by = serializers.EmailField(source="invited_by.email", read_only=True, allow_null=True, default=None)
+    invited_by = serializers.EmailField(
+        source="invited_by.email", read_only=True, allow_null=True, default=None
+    )
 
     class Meta:
         model = Invitation
-        fields = ("id", "email", "role", "status", "invited_by", "created_at", "expires_at", "accepted_at",
-                  "revoked_at")
-        read_only_fields = fields
+        fields: tuple[str, ...] = (
+            "id",
+            "email",
+            "role",
+            "status",
+            "invited_by",
+            "created_at",
+            "expires_at",
+            "accepted_at",
+            "revoked_at",
+        )
+        read_only_fields: tuple[str, ...] = fields
 
 
 class InvitationCreatedOutputSerializer(InvitationOutputSerializer):
@@ -94,12 +113,23 @@ class InvitationCreatedOutputSerializer(InvitationOutputSerializer):
 
 
 class ApiKeyOutputSerializer(serializers.ModelSerializer[ApiKey]):
-    created_by = serializers.EmailField(source="created_by.email", read_only=True, allow_null=True, default=None)
+    created_by = serializers.EmailField(
+        source="created_by.email", read_only=True, allow_null=True, default=None
+    )
 
     class Meta:
         model = ApiKey
-        fields = ("id", "name", "prefix", "role", "created_by", "created_at", "last_used_at", "revoked_at")
-        read_only_fields = fields
+        fields: tuple[str, ...] = (
+            "id",
+            "name",
+            "prefix",
+            "role",
+            "created_by",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        )
+        read_only_fields: tuple[str, ...] = fields
 
 
 class ApiKeyCreatedOutputSerializer(ApiKeyOutputSerializer):
@@ -115,8 +145,19 @@ class AuditEntryOutputSerializer(serializers.ModelSerializer[AuditEntry]):
 
     class Meta:
         model = AuditEntry
-        fields = ("id", "created_at", "action", "actor", "actor_user_id", "actor_api_key_id", "target_type",
-                  "target_id", "ip", "user_agent", "data")
+        fields = (
+            "id",
+            "created_at",
+            "action",
+            "actor",
+            "actor_user_id",
+            "actor_api_key_id",
+            "target_type",
+            "target_id",
+            "ip",
+            "user_agent",
+            "data",
+        )
         read_only_fields = fields
 
 
@@ -150,8 +191,9 @@ class AcceptedInvitationOutputSerializer(serializers.Serializer[Any]):
 class RegisterInputSerializer(serializers.Serializer[Any]):
     clinic_name = serializers.CharField(max_length=200)
     kind = serializers.ChoiceField(choices=ClinicKind.choices, default=ClinicKind.CLINIC)
-    country = serializers.CharField(max_length=2, required=False, default="", allow_blank=True,
-                                    validators=[validate_country])
+    country = serializers.CharField(
+        max_length=2, required=False, default="", allow_blank=True, validators=[validate_country]
+    )
     timezone = serializers.CharField(max_length=64, default="UTC", validators=[validate_timezone_name])
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
@@ -183,7 +225,9 @@ class MeUpdateInputSerializer(serializers.Serializer[Any]):
 
 class ClinicUpdateInputSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(max_length=200, required=False)
-    country = serializers.CharField(max_length=2, required=False, allow_blank=True, validators=[validate_country])
+    country = serializers.CharField(
+        max_length=2, required=False, allow_blank=True, validators=[validate_country]
+    )
     timezone = serializers.CharField(max_length=64, required=False, validators=[validate_timezone_name])
 
 
@@ -202,9 +246,13 @@ class InvitationCreateInputSerializer(serializers.Serializer[Any]):
 
 class InvitationAcceptInputSerializer(serializers.Serializer[Any]):
     token = serializers.CharField(max_length=200)
-    password = serializers.CharField(max_length=128, required=False, trim_whitespace=False,
-                                     help_text="Needed unless you send an access token: an existing account's "
-                                     "password, or the new account's.")
+    password = serializers.CharField(
+        max_length=128,
+        required=False,
+        trim_whitespace=False,
+        help_text="Needed unless you send an access token: an existing account's "
+        "password, or the new account's.",
+    )
     full_name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
 
 
@@ -227,8 +275,11 @@ class ApiKeyFilterSerializer(serializers.Serializer[Any]):
 
 
 class AuditFilterSerializer(serializers.Serializer[Any]):
-    action = serializers.CharField(required=False, max_length=64,
-                                   help_text="An action (`membership.role_changed`) or a family (`membership`).")
+    action = serializers.CharField(
+        required=False,
+        max_length=64,
+        help_text="An action (`membership.role_changed`) or a family (`membership`).",
+    )
     target_type = serializers.CharField(required=False, max_length=32)
     target_id = serializers.UUIDField(required=False)
     actor_user_id = serializers.UUIDField(required=False)

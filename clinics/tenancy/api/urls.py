@@ -12,12 +12,19 @@ urlpatterns = [
     path("auth/me/", auth.MeView.as_view(), name="auth-me"),
     path("auth/password/", auth.PasswordChangeView.as_view(), name="auth-password"),
     path("clinic/", views.ClinicView.as_view(), name="clinic"),
-    path("clinic/transfer-ownership/", views.OwnershipTransferView.as_view(), name="clinic-transfer-ownership"),
+    path(
+        "clinic/transfer-ownership/", views.OwnershipTransferView.as_view(), name="clinic-transfer-ownership"
+    ),
     path("members/", views.MemberListView.as_view(), name="member-list"),
     path("members/<uuid:membership_id>/", views.MemberDetailView.as_view(), name="member-detail"),
-    path("members/<uuid:membership_id>/deactivate/", views.MemberDeactivateView.as_view(),
-         name="member-deactivate"),
-    path("members/<uuid:membership_id>/activate/", views.MemberActivateView.as_view(), name="member-activate"),
+    path(
+        "members/<uuid:membership_id>/deactivate/",
+        views.MemberDeactivateView.as_view(),
+        name="member-deactivate",
+    ),
+    path(
+        "members/<uuid:membership_id>/activate/", views.MemberActivateView.as_view(), name="member-activate"
+    ),
     path("invitations/", views.InvitationListView.as_view(), name="invitation-list"),
     path("invitations/accept/", views.InvitationAcceptView.as_view(), name="invitation-accept"),
     path("invitations/<uuid:invitation_id>/", views.InvitationDetailView.as_view(), name="invitation-detail"),

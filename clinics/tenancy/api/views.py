@@ -49,13 +49,22 @@ def _clinic_detail(clinic: Clinic) -> dict[str, Any]:
 class ClinicView(ClinicAPIView):
     required_roles = {"get": Role.VIEWER, "patch": Role.ADMIN}
 
-    @extend_schema(operation_id="clinic_retrieve", tags=["clinic"], summary="The caller's clinic and its seats",
-                   responses={200: s.ClinicDetailOutputSerializer})
+    @extend_schema(
+        operation_id="clinic_retrieve",
+        tags=["clinic"],
+        summary="The caller's clinic and its seats",
+        responses={200: s.ClinicDetailOutputSerializer},
+    )
     def get(self, request: Request) -> Response:
         return Response(_clinic_detail(self.actor.clinic))
 
-    @extend_schema(operation_id="clinic_update", tags=["clinic"], summary="Rename the clinic or set its locale",
-                   request=s.ClinicUpdateInputSerializer, responses={200: s.ClinicDetailOutputSerializer})
+    @extend_schema(
+        operation_id="clinic_update",
+        tags=["clinic"],
+        summary="Rename the clinic or set its locale",
+        request=s.ClinicUpdateInputSerializer,
+        responses={200: s.ClinicDetailOutputSerializer},
+    )
     def patch(self, request: Request) -> Response:
         data = s.ClinicUpdateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -70,9 +79,13 @@ class OwnershipTransferView(ClinicAPIView):
     required_roles = {"post": Role.OWNER}
     extra_problem_statuses = {"post": (404, 409)}
 
-    @extend_schema(operation_id="clinic_transfer_ownership", tags=["clinic"],
-                   summary="Make another active member the owner; the caller becomes an admin",
-                   request=s.OwnershipTransferInputSerializer, responses={200: s.MembershipOutputSerializer})
+    @extend_schema(
+        operation_id="clinic_transfer_ownership",
+        tags=["clinic"],
+        summary="Make another active member the owner; the caller becomes an admin",
+        request=s.OwnershipTransferInputSerializer,
+        responses={200: s.MembershipOutputSerializer},
+    )
     def post(self, request: Request) -> Response:
         data = s.OwnershipTransferInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -87,9 +100,13 @@ class OwnershipTransferView(ClinicAPIView):
 class MemberListView(ClinicAPIView):
     required_roles = {"get": Role.VIEWER}
 
-    @extend_schema(operation_id="members_list", tags=["members"], summary="The clinic's members",
-                   parameters=[s.MembershipFilterSerializer, *PAGE_PARAMETERS],
-                   responses={200: paginated(s.MembershipOutputSerializer)})
+    @extend_schema(
+        operation_id="members_list",
+        tags=["members"],
+        summary="The clinic's members",
+        parameters=[s.MembershipFilterSerializer, *PAGE_PARAMETERS],
+        responses={200: paginated(s.MembershipOutputSerializer)},
+    )
     def get(self, request: Request) -> Response:
         filters = _filters(s.MembershipFilterSerializer, request)
         queryset = selectors.membership_list(clinic=self.actor.clinic, **filters)
@@ -100,15 +117,23 @@ class MemberDetailView(ClinicAPIView):
     required_roles = {"get": Role.VIEWER, "patch": Role.ADMIN}
     extra_problem_statuses = {"patch": (409,)}
 
-    @extend_schema(operation_id="members_retrieve", tags=["members"], summary="One member",
-                   responses={200: s.MembershipOutputSerializer})
+    @extend_schema(
+        operation_id="members_retrieve",
+        tags=["members"],
+        summary="One member",
+        responses={200: s.MembershipOutputSerializer},
+    )
     def get(self, request: Request, membership_id: uuid.UUID) -> Response:
         membership = access_membership(actor=self.actor, membership_id=membership_id)
         return Response(s.MembershipOutputSerializer(membership).data)
 
-    @extend_schema(operation_id="members_update", tags=["members"],
-                   summary="Change a member's role (the last owner cannot be demoted)",
-                   request=s.MembershipUpdateInputSerializer, responses={200: s.MembershipOutputSerializer})
+    @extend_schema(
+        operation_id="members_update",
+        tags=["members"],
+        summary="Change a member's role (the last owner cannot be demoted)",
+        request=s.MembershipUpdateInputSerializer,
+        responses={200: s.MembershipOutputSerializer},
+    )
     def patch(self, request: Request, membership_id: uuid.UUID) -> Response:
         membership = access_membership(actor=self.actor, membership_id=membership_id)
         data = s.MembershipUpdateInputSerializer(data=request.data)
@@ -123,9 +148,13 @@ class MemberDeactivateView(ClinicAPIView):
     required_roles = {"post": Role.ADMIN}
     extra_problem_statuses = {"post": (409,)}
 
-    @extend_schema(operation_id="members_deactivate", tags=["members"],
-                   summary="Deactivate a member, freeing their seat", request=None,
-                   responses={200: s.MembershipOutputSerializer})
+    @extend_schema(
+        operation_id="members_deactivate",
+        tags=["members"],
+        summary="Deactivate a member, freeing their seat",
+        request=None,
+        responses={200: s.MembershipOutputSerializer},
+    )
     def post(self, request: Request, membership_id: uuid.UUID) -> Response:
         membership = access_membership(actor=self.actor, membership_id=membership_id)
         membership = services.membership_deactivate(actor=self.actor, membership=membership)
@@ -136,9 +165,13 @@ class MemberActivateView(ClinicAPIView):
     required_roles = {"post": Role.ADMIN}
     extra_problem_statuses = {"post": (409,)}
 
-    @extend_schema(operation_id="members_activate", tags=["members"],
-                   summary="Reactivate a member if a seat is free (`seat_limit_reached` otherwise)",
-                   request=None, responses={200: s.MembershipOutputSerializer})
+    @extend_schema(
+        operation_id="members_activate",
+        tags=["members"],
+        summary="Reactivate a member if a seat is free (`seat_limit_reached` otherwise)",
+        request=None,
+        responses={200: s.MembershipOutputSerializer},
+    )
     def post(self, request: Request, membership_id: uuid.UUID) -> Response:
         membership = access_membership(actor=self.actor, membership_id=membership_id)
         membership = services.membership_activate(actor=self.actor, membership=membership)
@@ -152,18 +185,26 @@ class InvitationListView(ClinicAPIView):
     required_roles = {"get": Role.ADMIN, "post": Role.ADMIN}
     extra_problem_statuses = {"post": (409,)}
 
-    @extend_schema(operation_id="invitations_list", tags=["invitations"], summary="The clinic's invitations",
-                   parameters=[s.InvitationFilterSerializer, *PAGE_PARAMETERS],
-                   responses={200: paginated(s.InvitationOutputSerializer)})
+    @extend_schema(
+        operation_id="invitations_list",
+        tags=["invitations"],
+        summary="The clinic's invitations",
+        parameters=[s.InvitationFilterSerializer, *PAGE_PARAMETERS],
+        responses={200: paginated(s.InvitationOutputSerializer)},
+    )
     def get(self, request: Request) -> Response:
         filters = _filters(s.InvitationFilterSerializer, request)
         return self.paginate(
             selectors.invitation_list(clinic=self.actor.clinic, **filters), s.InvitationOutputSerializer
         )
 
-    @extend_schema(operation_id="invitations_create", tags=["invitations"],
-                   summary="Invite a person by email; a pending invitation holds a seat",
-                   request=s.InvitationCreateInputSerializer, responses={201: s.InvitationCreatedOutputSerializer})
+    @extend_schema(
+        operation_id="invitations_create",
+        tags=["invitations"],
+        summary="Invite a person by email; a pending invitation holds a seat",
+        request=s.InvitationCreateInputSerializer,
+        responses={201: s.InvitationCreatedOutputSerializer},
+    )
     def post(self, request: Request) -> Response:
         data = s.InvitationCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -177,14 +218,22 @@ class InvitationDetailView(ClinicAPIView):
     required_roles = {"get": Role.ADMIN, "delete": Role.ADMIN}
     extra_problem_statuses = {"delete": (409,)}
 
-    @extend_schema(operation_id="invitations_retrieve", tags=["invitations"], summary="One invitation",
-                   responses={200: s.InvitationOutputSerializer})
+    @extend_schema(
+        operation_id="invitations_retrieve",
+        tags=["invitations"],
+        summary="One invitation",
+        responses={200: s.InvitationOutputSerializer},
+    )
     def get(self, request: Request, invitation_id: uuid.UUID) -> Response:
         invitation = access_invitation(actor=self.actor, invitation_id=invitation_id)
         return Response(s.InvitationOutputSerializer(invitation).data)
 
-    @extend_schema(operation_id="invitations_revoke", tags=["invitations"],
-                   summary="Revoke a pending invitation, freeing its seat", responses={204: None})
+    @extend_schema(
+        operation_id="invitations_revoke",
+        tags=["invitations"],
+        summary="Revoke a pending invitation, freeing its seat",
+        responses={204: None},
+    )
     def delete(self, request: Request, invitation_id: uuid.UUID) -> Response:
         invitation = access_invitation(actor=self.actor, invitation_id=invitation_id)
         services.invitation_revoke(actor=self.actor, invitation=invitation)
@@ -211,7 +260,10 @@ class InvitationAcceptView(PublicAPIView):
         v = data.validated_data
         user = request.user if isinstance(request.user, User) else None
         membership = services.invitation_accept(
-            token=v["token"], user=user, password=v.get("password"), full_name=v["full_name"],
+            token=v["token"],
+            user=user,
+            password=v.get("password"),
+            full_name=v["full_name"],
             origin=request_origin(request),
         )
         body = {"membership": membership, "tokens": token_pair(membership.user)}
@@ -224,16 +276,26 @@ class InvitationAcceptView(PublicAPIView):
 class ApiKeyListView(ClinicAPIView):
     required_roles = {"get": Role.ADMIN, "post": Role.ADMIN}
 
-    @extend_schema(operation_id="api_keys_list", tags=["api-keys"], summary="The clinic's API keys",
-                   parameters=[s.ApiKeyFilterSerializer, *PAGE_PARAMETERS],
-                   responses={200: paginated(s.ApiKeyOutputSerializer)})
+    @extend_schema(
+        operation_id="api_keys_list",
+        tags=["api-keys"],
+        summary="The clinic's API keys",
+        parameters=[s.ApiKeyFilterSerializer, *PAGE_PARAMETERS],
+        responses={200: paginated(s.ApiKeyOutputSerializer)},
+    )
     def get(self, request: Request) -> Response:
         filters = _filters(s.ApiKeyFilterSerializer, request)
-        return self.paginate(selectors.api_key_list(clinic=self.actor.clinic, **filters), s.ApiKeyOutputSerializer)
+        return self.paginate(
+            selectors.api_key_list(clinic=self.actor.clinic, **filters), s.ApiKeyOutputSerializer
+        )
 
-    @extend_schema(operation_id="api_keys_create", tags=["api-keys"],
-                   summary="Create an API key for a system; the key is in this response only",
-                   request=s.ApiKeyCreateInputSerializer, responses={201: s.ApiKeyCreatedOutputSerializer})
+    @extend_schema(
+        operation_id="api_keys_create",
+        tags=["api-keys"],
+        summary="Create an API key for a system; the key is in this response only",
+        request=s.ApiKeyCreateInputSerializer,
+        responses={201: s.ApiKeyCreatedOutputSerializer},
+    )
     def post(self, request: Request) -> Response:
         data = s.ApiKeyCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -246,13 +308,23 @@ class ApiKeyListView(ClinicAPIView):
 class ApiKeyDetailView(ClinicAPIView):
     required_roles = {"get": Role.ADMIN, "delete": Role.ADMIN}
 
-    @extend_schema(operation_id="api_keys_retrieve", tags=["api-keys"], summary="One API key (never its secret)",
-                   responses={200: s.ApiKeyOutputSerializer})
+    @extend_schema(
+        operation_id="api_keys_retrieve",
+        tags=["api-keys"],
+        summary="One API key (never its secret)",
+        responses={200: s.ApiKeyOutputSerializer},
+    )
     def get(self, request: Request, api_key_id: uuid.UUID) -> Response:
-        return Response(s.ApiKeyOutputSerializer(access_api_key(actor=self.actor, api_key_id=api_key_id)).data)
+        return Response(
+            s.ApiKeyOutputSerializer(access_api_key(actor=self.actor, api_key_id=api_key_id)).data
+        )
 
-    @extend_schema(operation_id="api_keys_revoke", tags=["api-keys"], summary="Revoke an API key at once",
-                   responses={204: None})
+    @extend_schema(
+        operation_id="api_keys_revoke",
+        tags=["api-keys"],
+        summary="Revoke an API key at once",
+        responses={204: None},
+    )
     def delete(self, request: Request, api_key_id: uuid.UUID) -> Response:
         api_key = access_api_key(actor=self.actor, api_key_id=api_key_id)
         services.api_key_revoke(actor=self.actor, api_key=api_key)
@@ -265,10 +337,15 @@ class ApiKeyDetailView(ClinicAPIView):
 class AuditListView(ClinicAPIView):
     required_roles = {"get": Role.ADMIN}
 
-    @extend_schema(operation_id="audit_list", tags=["audit"],
-                   summary="Who did what to which object, newest first",
-                   parameters=[s.AuditFilterSerializer, *PAGE_PARAMETERS],
-                   responses={200: paginated(s.AuditEntryOutputSerializer)})
+    @extend_schema(
+        operation_id="audit_list",
+        tags=["audit"],
+        summary="Who did what to which object, newest first",
+        parameters=[s.AuditFilterSerializer, *PAGE_PARAMETERS],
+        responses={200: paginated(s.AuditEntryOutputSerializer)},
+    )
     def get(self, request: Request) -> Response:
         filters = _filters(s.AuditFilterSerializer, request)
-        return self.paginate(selectors.audit_list(clinic=self.actor.clinic, **filters), s.AuditEntryOutputSerializer)
+        return self.paginate(
+            selectors.audit_list(clinic=self.actor.clinic, **filters), s.AuditEntryOutputSerializer
+        )
