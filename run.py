@@ -44,7 +44,6 @@ def ensure_venv(extra: str) -> None:
     if stamp.exists() and stamp.read_text() == digest:
         return
     log(f"installing {spec} into {VENV} (first run takes a minute or two)")
-    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
     subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "-e", spec], check=True, cwd=ROOT)
     stamp.write_text(digest)
 

@@ -161,7 +161,8 @@ class Invitation(models.Model):
         if self.accepted_at is not None:
             return "accepted"
         if self.revoked_at is not None:
-            return "revoked"
+            # Expired invitations are closed (revoked_at set) when the email is invited again.
+            return "expired" if self.revoked_at >= self.expires_at else "revoked"
         if self.expires_at <= now():
             return "expired"
         return "pending"

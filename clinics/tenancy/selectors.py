@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from django.db.models import QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, Invitation, Membership, User
@@ -36,9 +36,12 @@ def invitation_list(*, clinic: Clinic, status: str | None = None) -> QuerySet[In
     elif status == "accepted":
         queryset = queryset.filter(accepted_at__isnull=False)
     elif status == "revoked":
-        queryset = queryset.filter(revoked_at__isnull=False, accepted_at__isnull=True)
+        queryset = queryset.filter(accepted_at__isnull=True, revoked_at__lt=F("expires_at"))
     elif status == "expired":
-        queryset = queryset.filter(accepted_at__isnull=True, revoked_at__isnull=True, expires_at__lte=now)
+        # Still open past its expiry, or closed for having expired (see Invitation.status).
+        queryset = queryset.filter(accepted_at__isnull=True).filter(
+            Q(revoked_at__isnull=True, expires_at__lte=now) | Q(revoked_at__gte=F("expires_at"))
+        )
     return queryset
 
 

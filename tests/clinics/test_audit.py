@@ -19,11 +19,6 @@ AUDIT = "/api/v1/audit/"
 ORIGIN = {"REMOTE_ADDR": "203.0.113.20", "HTTP_USER_AGENT": "audit-test/1.0"}
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def actions(response) -> list[str]:
     assert response.status_code == 200, response.content
     return [entry["action"] for entry in response.json()["results"]]

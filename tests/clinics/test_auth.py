@@ -9,6 +9,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
 
+from clinics.tenancy.api.auth import LoginGuard
 from clinics.tenancy.models import AuditEntry, Clinic, Membership, Role, User
 from tests.conftest import PASSWORD, bearer_client, key_client, make_clinic, make_member, make_user
 
@@ -371,3 +372,18 @@ def test_password_change_revokes_refresh_tokens_and_the_new_password_logs_in(  #
     assert anon.post(REFRESH, {"refresh": fresh["refresh"]}, format="json").status_code == 200
     problem(_login(anon, "changer@example.test"), 401, "login_failed")
     assert _login(anon, "changer@example.test", NEW_PASSWORD).status_code == 200
+
+
+def test_parallel_failures_all_count(anon, settings):
+    """Each failure is an atomic increment: interleaved attempts cannot reset each other's count."""
+    make_user("parallel@example.test")
+    limit = settings.XCALIBER["LOGIN_MAX_FAILURES"]
+    guards = [LoginGuard(email="parallel@example.test", ip="203.0.113.9") for _ in range(limit)]
+    for guard in guards:  # every guard checked before any failure is recorded, as in parallel requests
+        guard.check()
+    for guard in guards:
+        guard.failed()
+    response = anon.post("/api/v1/auth/login/", {"email": "parallel@example.test", "password": PASSWORD})
+    assert response.status_code == 429
+    assert response.json()["code"] == "login_throttled"
+    assert int(response["Retry-After"]) >= 1

@@ -28,11 +28,6 @@ CLINIC = "/api/v1/clinic/"
 TRANSFER = "/api/v1/clinic/transfer-ownership/"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def member_url(membership_id: object, action: str = "") -> str:
     return f"{MEMBERS}{membership_id}/" + (f"{action}/" if action else "")
 

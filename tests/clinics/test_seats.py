@@ -22,11 +22,6 @@ INVITATIONS = "/api/v1/invitations/"
 ACCEPT = "/api/v1/invitations/accept/"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 class Small:
     """A clinic of three seats with an owner and one vet (two seats taken, one free)."""
 

@@ -58,21 +58,24 @@ class LoginGuard:
     def check(self) -> None:
         now = time.time()
         for key, limit in self.keys.items():
-            count, reset_at = cache.get(key, (0, 0.0))
-            if count >= limit and reset_at > now:
+            if cache.get(key, 0) >= limit:
+                reset_at = cache.get(f"{key}:reset", now + self.window)
                 raise exceptions.Throttled(
-                    wait=reset_at - now,
+                    wait=max(reset_at - now, 1.0),
                     detail="Too many failed logins. Try again later.",
                     code="login_throttled",
                 )
 
     def failed(self) -> None:
-        now = time.time()
+        """Count a failure. ``add`` then ``incr`` are atomic in Redis, so parallel guesses all count."""
         for key in self.keys:
-            count, reset_at = cache.get(key, (0, 0.0))
-            if reset_at <= now:
-                count, reset_at = 0, now + self.window
-            cache.set(key, (count + 1, reset_at), timeout=int(reset_at - now) + 1)
+            if cache.add(key, 1, timeout=self.window):
+                cache.set(f"{key}:reset", time.time() + self.window, timeout=self.window)
+                continue
+            try:
+                cache.incr(key)
+            except ValueError:  # expired between add and incr: start a new window
+                cache.add(key, 1, timeout=self.window)
 
     def succeeded(self) -> None:
         cache.delete(next(iter(self.keys)))
