@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from clinics.records.models import Patient
 from clinics.tenancy.models import ROLE_RANK, ApiKey, AuditEntry, Invitation, Membership, Role
 from clinics.tenancy.services import api_key_create
 from tests.conftest import Cast, bearer_client, key_client, make_member
@@ -52,6 +53,11 @@ def _invitation(cast: Cast) -> dict[str, Any]:
         expires_at="2099-01-01T00:00:00Z",
     )
     return {"invitation_id": invitation.id}
+
+
+def _patient(cast: Cast) -> dict[str, Any]:
+    patient = Patient.objects.create(clinic=cast.clinic, name="Bori", species="canine", owner_name="Kim")
+    return {"patient_id": patient.id}
 
 
 def _api_key(cast: Cast) -> dict[str, Any]:
@@ -90,6 +96,10 @@ ROUTES: dict[str, Route] = {
     "api-key-list": Route("clinic", {"get": Role.ADMIN, "post": Role.ADMIN}),
     "api-key-detail": Route("clinic", {"get": Role.ADMIN, "delete": Role.ADMIN}, _api_key),
     "audit-list": Route("clinic", {"get": Role.ADMIN}),
+    "patient-list": Route("clinic", {"get": Role.VIEWER, "post": Role.TECHNICIAN}),
+    "patient-detail": Route(
+        "clinic", {"get": Role.VIEWER, "patch": Role.TECHNICIAN}, _patient, {"patch": {"name": "Renamed"}}
+    ),
 }
 
 # Routes outside the API, each with the reason it needs no tenancy check.
@@ -166,6 +176,7 @@ def _snapshot(cast: Cast) -> tuple[Any, ...]:
         sorted(Invitation.objects.filter(clinic=clinic).values_list("id", "revoked_at", "accepted_at")),
         sorted(ApiKey.objects.filter(clinic=clinic).values_list("id", "revoked_at")),
         type(clinic).objects.filter(id=clinic.id).values_list("name", "seat_limit").get(),
+        sorted(Patient.objects.filter(clinic=clinic).values_list("id", "name", "updated_at")),
     )
 
 

@@ -54,6 +54,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", OfflineRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/v1/", include("clinics.tenancy.api.urls")),
+    path("api/v1/", include("clinics.records.api.urls")),
 ]
 
 handler400 = "xcaliber.lib.problems.django_bad_request"

@@ -20,7 +20,8 @@ from xcaliber.lib.problems import NotFound
 M = TypeVar("M", bound=Model)
 
 
-def _get_scoped(queryset: QuerySet[M], object_id: uuid.UUID | str, label: str) -> M:
+def get_scoped(queryset: QuerySet[M], object_id: uuid.UUID | str, label: str) -> M:
+    """The one object ``object_id`` of an already clinic-scoped ``queryset``, or NotFound."""
     try:
         return queryset.get(id=object_id)
     except (ObjectDoesNotExist, ValueError):
@@ -32,18 +33,18 @@ def access_membership(*, actor: Actor, membership_id: uuid.UUID, for_update: boo
     queryset = Membership.objects.filter(clinic=actor.clinic).select_related("user")
     if for_update:
         queryset = queryset.select_for_update(of=("self",))
-    return _get_scoped(queryset, membership_id, "member")
+    return get_scoped(queryset, membership_id, "member")
 
 
 def access_invitation(*, actor: Actor, invitation_id: uuid.UUID, for_update: bool = False) -> Invitation:
     queryset = Invitation.objects.filter(clinic=actor.clinic)
     if for_update:
         queryset = queryset.select_for_update()
-    return _get_scoped(queryset, invitation_id, "invitation")
+    return get_scoped(queryset, invitation_id, "invitation")
 
 
 def access_api_key(*, actor: Actor, api_key_id: uuid.UUID, for_update: bool = False) -> ApiKey:
     queryset = ApiKey.objects.filter(clinic=actor.clinic)
     if for_update:
         queryset = queryset.select_for_update()
-    return _get_scoped(queryset, api_key_id, "API key")
+    return get_scoped(queryset, api_key_id, "API key")

@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -35,6 +37,21 @@ from xcaliber.lib.pagination import CreatedCursorPagination
 from xcaliber.lib.problems import Forbidden, Problem
 
 CLINIC_HEADER = "HTTP_X_CLINIC"
+
+PAGE_PARAMETERS = [
+    OpenApiParameter("cursor", OpenApiTypes.STR, description="Cursor from `next` or `previous`."),
+    OpenApiParameter("page_size", OpenApiTypes.INT, description="Results per page, 1 to 200 (default 50)."),
+]
+
+
+def query_filters(
+    serializer_class: type[serializers.BaseSerializer[Any]], request: Request
+) -> dict[str, Any]:
+    """Validate a list endpoint's query parameters with ``serializer_class``; 400 names a bad one."""
+    serializer = serializer_class(data=request.query_params)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
 
 _LOCKED_ATTRIBUTES = (
     "initial",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,20 +14,15 @@ from clinics.tenancy import selectors, services
 from clinics.tenancy.access import access_api_key, access_invitation, access_membership
 from clinics.tenancy.api import serializers as s
 from clinics.tenancy.api.auth import token_pair
-from clinics.tenancy.api.base import ClinicAPIView, PublicAPIView, request_origin
+from clinics.tenancy.api.base import (
+    PAGE_PARAMETERS,
+    ClinicAPIView,
+    PublicAPIView,
+    query_filters,
+    request_origin,
+)
 from clinics.tenancy.models import Clinic, Role, User
 from xcaliber.lib.pagination import paginated
-
-PAGE_PARAMETERS = [
-    OpenApiParameter("cursor", OpenApiTypes.STR, description="Cursor from `next` or `previous`."),
-    OpenApiParameter("page_size", OpenApiTypes.INT, description="Results per page, 1 to 200 (default 50)."),
-]
-
-
-def _filters(serializer_class: type[Any], request: Request) -> dict[str, Any]:
-    serializer = serializer_class(data=request.query_params)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
 
 
 def _clinic_detail(clinic: Clinic) -> dict[str, Any]:
@@ -108,7 +102,7 @@ class MemberListView(ClinicAPIView):
         responses={200: paginated(s.MembershipOutputSerializer)},
     )
     def get(self, request: Request) -> Response:
-        filters = _filters(s.MembershipFilterSerializer, request)
+        filters = query_filters(s.MembershipFilterSerializer, request)
         queryset = selectors.membership_list(clinic=self.actor.clinic, **filters)
         return self.paginate(queryset, s.MembershipOutputSerializer)
 
@@ -193,7 +187,7 @@ class InvitationListView(ClinicAPIView):
         responses={200: paginated(s.InvitationOutputSerializer)},
     )
     def get(self, request: Request) -> Response:
-        filters = _filters(s.InvitationFilterSerializer, request)
+        filters = query_filters(s.InvitationFilterSerializer, request)
         return self.paginate(
             selectors.invitation_list(clinic=self.actor.clinic, **filters), s.InvitationOutputSerializer
         )
@@ -284,7 +278,7 @@ class ApiKeyListView(ClinicAPIView):
         responses={200: paginated(s.ApiKeyOutputSerializer)},
     )
     def get(self, request: Request) -> Response:
-        filters = _filters(s.ApiKeyFilterSerializer, request)
+        filters = query_filters(s.ApiKeyFilterSerializer, request)
         return self.paginate(
             selectors.api_key_list(clinic=self.actor.clinic, **filters), s.ApiKeyOutputSerializer
         )
@@ -345,7 +339,7 @@ class AuditListView(ClinicAPIView):
         responses={200: paginated(s.AuditEntryOutputSerializer)},
     )
     def get(self, request: Request) -> Response:
-        filters = _filters(s.AuditFilterSerializer, request)
+        filters = query_filters(s.AuditFilterSerializer, request)
         return self.paginate(
             selectors.audit_list(clinic=self.actor.clinic, **filters), s.AuditEntryOutputSerializer
         )
