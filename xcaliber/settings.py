@@ -80,7 +80,6 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["OPTIONS"].update(
         {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )
-    _database.setdefault("TEST", {})["NAME"] = env_str("XCALIBER_TEST_SQLITE_NAME", "") or None
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, Invitation, Membership, User
+
+
+@dataclass(frozen=True)
+class ClinicSeats:
+    limit: int
+    active_members: int
+    pending_invitations: int
+
+    @property
+    def available(self) -> int:
+        return max(self.limit - self.active_members - self.pending_invitations, 0)
+
+
+def clinic_seats(*, clinic: Clinic) -> ClinicSeats:
+    """Seats of ``clinic``: active memberships, and pending (unexpired) invitations, which hold one each."""
+    active = Membership.objects.filter(clinic=clinic, is_active=True).count()
+    pending = Invitation.objects.filter(
+        clinic=clinic, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    ).count()
+    return ClinicSeats(limit=clinic.seat_limit, active_members=active, pending_invitations=pending)
 
 
 def membership_list(

@@ -36,6 +36,7 @@ from clinics.tenancy.models import (
     User,
     normalize_email,
 )
+from clinics.tenancy.selectors import clinic_seats
 from xcaliber.lib.problems import Conflict, Forbidden, Invalid, Problem
 
 
@@ -198,12 +199,9 @@ def _lock_clinic(clinic_id: uuid.UUID) -> Clinic:
 
 
 def seats_in_use(*, clinic: Clinic) -> tuple[int, int]:
-    """``(active memberships, pending invitations)`` of ``clinic``."""
-    active = Membership.objects.filter(clinic=clinic, is_active=True).count()
-    pending = Invitation.objects.filter(
-        clinic=clinic, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
-    ).count()
-    return active, pending
+    """``(active memberships, pending invitations)``; under the clinic lock the count holds."""
+    seats = clinic_seats(clinic=clinic)
+    return seats.active_members, seats.pending_invitations
 
 
 def _require_free_seat(clinic: Clinic, *, count_pending: bool) -> None:

@@ -9,25 +9,13 @@ from typing import Any
 from rest_framework import serializers
 
 from clinics.records.models import Patient, Sex, Species
+from clinics.records.services import PATIENT_FIELDS
 
 
 class PatientOutputSerializer(serializers.ModelSerializer[Patient]):
     class Meta:
         model = Patient
-        fields: tuple[str, ...] = (
-            "id",
-            "name",
-            "species",
-            "breed",
-            "sex",
-            "birth_date",
-            "weight_kg",
-            "owner_name",
-            "owner_contact",
-            "external_id",
-            "created_at",
-            "updated_at",
-        )
+        fields: tuple[str, ...] = ("id", *PATIENT_FIELDS, "created_at", "updated_at")
         read_only_fields: tuple[str, ...] = fields
 
 

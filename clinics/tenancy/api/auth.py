@@ -31,13 +31,13 @@ def access_token_seconds() -> int:
     return int(jwt_settings.ACCESS_TOKEN_LIFETIME.total_seconds())
 
 
+def token_body(*, access: str, refresh: str) -> dict[str, Any]:
+    return {"access": access, "refresh": refresh, "access_expires_in": access_token_seconds()}
+
+
 def token_pair(user: User) -> dict[str, Any]:
     refresh = RefreshToken.for_user(user)
-    return {
-        "access": str(refresh.access_token),
-        "refresh": str(refresh),
-        "access_expires_in": access_token_seconds(),
-    }
+    return token_body(access=str(refresh.access_token), refresh=str(refresh))
 
 
 class LoginGuard:
@@ -167,11 +167,7 @@ class RefreshView(PublicAPIView):
                 "The refresh token is invalid, expired or revoked.", code="token_invalid", status=401
             ) from None
         tokens = refresher.validated_data
-        body = {
-            "access": tokens["access"],
-            "refresh": tokens["refresh"],
-            "access_expires_in": access_token_seconds(),
-        }
+        body = token_body(access=tokens["access"], refresh=tokens["refresh"])
         return Response(s.TokenPairOutputSerializer(body).data)
 
 

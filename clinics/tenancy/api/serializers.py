@@ -5,9 +5,11 @@ from __future__ import annotations
 import zoneinfo
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, ClinicKind, Invitation, Membership, Role, User
+from clinics.tenancy.selectors import clinic_seats
 
 _TIMEZONES = zoneinfo.available_timezones()
 
@@ -57,7 +59,11 @@ class ClinicSeatsOutputSerializer(serializers.Serializer[Any]):
 
 
 class ClinicDetailOutputSerializer(ClinicOutputSerializer):
-    seats = ClinicSeatsOutputSerializer(source="*")
+    seats = serializers.SerializerMethodField()
+
+    @extend_schema_field(ClinicSeatsOutputSerializer)
+    def get_seats(self, clinic: Clinic) -> dict[str, Any]:
+        return dict(ClinicSeatsOutputSerializer(clinic_seats(clinic=clinic)).data)
 
     class Meta(ClinicOutputSerializer.Meta):
         fields = (*ClinicOutputSerializer.Meta.fields, "seats")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -21,21 +20,8 @@ from clinics.tenancy.api.base import (
     query_filters,
     request_origin,
 )
-from clinics.tenancy.models import Clinic, Role, User
+from clinics.tenancy.models import Role, User
 from xcaliber.lib.pagination import paginated
-
-
-def _clinic_detail(clinic: Clinic) -> dict[str, Any]:
-    active, pending = services.seats_in_use(clinic=clinic)
-    data = dict(s.ClinicOutputSerializer(clinic).data)
-    data["seats"] = {
-        "limit": clinic.seat_limit,
-        "active_members": active,
-        "pending_invitations": pending,
-        "available": max(clinic.seat_limit - active - pending, 0),
-    }
-    return data
-
 
 # ---------------------------------------------------------------------------- clinic
 
@@ -50,7 +36,7 @@ class ClinicView(ClinicAPIView):
         responses={200: s.ClinicDetailOutputSerializer},
     )
     def get(self, request: Request) -> Response:
-        return Response(_clinic_detail(self.actor.clinic))
+        return Response(s.ClinicDetailOutputSerializer(self.actor.clinic).data)
 
     @extend_schema(
         operation_id="clinic_update",
@@ -66,7 +52,7 @@ class ClinicView(ClinicAPIView):
         clinic = services.clinic_update(
             actor=self.actor, name=v.get("name"), country=v.get("country"), timezone_name=v.get("timezone")
         )
-        return Response(_clinic_detail(clinic))
+        return Response(s.ClinicDetailOutputSerializer(clinic).data)
 
 
 class OwnershipTransferView(ClinicAPIView):
