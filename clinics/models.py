@@ -1,6 +1,17 @@
 """The clinics app's models, gathered from its sub-packages for Django's app registry."""
 
-from clinics.records.models import Patient
-from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, Invitation, Membership, User
+from clinics.records.models import Image, Patient, Study
+from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, IdempotencyRecord, Invitation, Membership, User
 
-__all__ = ["ApiKey", "AuditEntry", "Clinic", "Invitation", "Membership", "Patient", "User"]
+__all__ = [
+    "ApiKey",
+    "AuditEntry",
+    "Clinic",
+    "IdempotencyRecord",
+    "Image",
+    "Invitation",
+    "Membership",
+    "Patient",
+    "Study",
+    "User",
+]

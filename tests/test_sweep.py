@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from clinics.records.models import Patient
+from clinics.records.models import Image, Patient, Study
 from clinics.tenancy.models import ROLE_RANK, ApiKey, AuditEntry, Invitation, Membership, Role
 from clinics.tenancy.services import api_key_create
 from tests.conftest import Cast, bearer_client, key_client, make_member
+from tests.records.factories import stored_keys, sweep_image
 from xcaliber.routing import websocket_urlpatterns
 
 Kwargs = Callable[[Cast], dict[str, Any]]
@@ -58,6 +59,14 @@ def _invitation(cast: Cast) -> dict[str, Any]:
 def _patient(cast: Cast) -> dict[str, Any]:
     patient = Patient.objects.create(clinic=cast.clinic, name="Bori", species="canine", owner_name="Kim")
     return {"patient_id": patient.id}
+
+
+def _study(cast: Cast) -> dict[str, Any]:
+    return {"study_id": sweep_image(cast).study_id}
+
+
+def _image(cast: Cast) -> dict[str, Any]:
+    return {"image_id": sweep_image(cast).id}
 
 
 def _api_key(cast: Cast) -> dict[str, Any]:
@@ -100,6 +109,20 @@ ROUTES: dict[str, Route] = {
     "patient-detail": Route(
         "clinic", {"get": Role.VIEWER, "patch": Role.TECHNICIAN}, _patient, {"patch": {"name": "Renamed"}}
     ),
+    "study-list": Route("clinic", {"get": Role.VIEWER, "post": Role.TECHNICIAN}),
+    "study-detail": Route(
+        "clinic",
+        {"get": Role.VIEWER, "patch": Role.TECHNICIAN, "delete": Role.VET},
+        _study,
+        {"patch": {"notes": "changed"}},
+    ),
+    "study-images": Route("clinic", {"post": Role.TECHNICIAN}, _study),
+    "capture-create": Route("clinic", {"post": Role.TECHNICIAN}),
+    "dicom-instances": Route("clinic", {"post": Role.TECHNICIAN}),
+    "image-detail": Route("clinic", {"get": Role.VIEWER}, _image),
+    "image-original": Route("clinic", {"get": Role.VIEWER}, _image),
+    "image-preview": Route("clinic", {"get": Role.VIEWER}, _image),
+    "image-thumbnail": Route("clinic", {"get": Role.VIEWER}, _image),
 }
 
 # Routes outside the API, each with the reason it needs no tenancy check.
@@ -177,6 +200,9 @@ def _snapshot(cast: Cast) -> tuple[Any, ...]:
         sorted(ApiKey.objects.filter(clinic=clinic).values_list("id", "revoked_at")),
         type(clinic).objects.filter(id=clinic.id).values_list("name", "seat_limit").get(),
         sorted(Patient.objects.filter(clinic=clinic).values_list("id", "name", "updated_at")),
+        sorted(Study.objects.filter(clinic=clinic).values_list("id", "status", "notes", "updated_at")),
+        sorted(Image.objects.filter(clinic=clinic).values_list("id", "preview_status")),
+        sorted(stored_keys()),
     )
 
 

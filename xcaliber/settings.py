@@ -153,6 +153,8 @@ if S3_BUCKET:
             "default_acl": None,
             "querystring_auth": True,
             "file_overwrite": False,
+            "object_parameters": {"ServerSideEncryption": "AES256"},
+            "signature_version": "s3v4",
             "addressing_style": env_choice(
                 "XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"
             ),
@@ -260,7 +262,24 @@ XCALIBER = {
     "TRUSTED_PROXY_COUNT": env_int("XCALIBER_TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10),
     "API_KEY_TOUCH_SECONDS": env_int("XCALIBER_API_KEY_TOUCH_SECONDS", 60, minimum=0),
     "READYZ_TIMEOUT_SECONDS": env_int("XCALIBER_READYZ_TIMEOUT_SECONDS", 3, minimum=1),
+    # Uploads: refused past these, before anything is stored.
+    "MAX_UPLOAD_BYTES": env_int("XCALIBER_MAX_UPLOAD_MB", 200, minimum=1) * 1024 * 1024,
+    "MAX_IMAGE_PIXELS": env_int("XCALIBER_MAX_IMAGE_MEGAPIXELS", 50, minimum=1) * 1_000_000,
+    "MAX_DICOM_FRAMES": env_int("XCALIBER_MAX_DICOM_FRAMES", 1000, minimum=1),
+    "MAX_FILES_PER_REQUEST": env_int("XCALIBER_MAX_FILES_PER_REQUEST", 50, minimum=1, maximum=1000),
+    "IDEMPOTENCY_TTL_HOURS": env_int("XCALIBER_IDEMPOTENCY_TTL_HOURS", 24, minimum=1),
+    "DOWNLOAD_URL_SECONDS": env_int("XCALIBER_DOWNLOAD_URL_SECONDS", 300, minimum=10, maximum=3600),
+    "PREVIEW_MAX_SIDE": env_int("XCALIBER_PREVIEW_MAX_SIDE", 2048, minimum=256),
+    "THUMBNAIL_MAX_SIDE": env_int("XCALIBER_THUMBNAIL_MAX_SIDE", 256, minimum=32),
+    # "thread": derivatives (previews) run on a background thread of this process after commit.
+    "BACKGROUND": env_choice("XCALIBER_BACKGROUND", ("thread", "inline"), "thread"),
 }
+
+# Uploads land in a temporary file beside local storage, so storing one is a rename.
+FILE_UPLOAD_TEMP_DIR = env_str("XCALIBER_UPLOAD_TEMP_DIR", str(DATA_DIR / "tmp"))
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = XCALIBER["MAX_FILES_PER_REQUEST"]
 
 LOGGING = {
     "version": 1,

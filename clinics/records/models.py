@@ -1,4 +1,4 @@
-"""Records: the clinic's patients (studies and images join here with the ingest work)."""
+"""Records: the clinic's patients, their studies and the images in them."""
 
 from __future__ import annotations
 
@@ -64,3 +64,149 @@ class Patient(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.species})"
+
+
+class BodyRegion(models.TextChoices):
+    THORAX = "thorax", "Thorax"
+    ABDOMEN = "abdomen", "Abdomen"
+    MUSCULOSKELETAL = "musculoskeletal", "Musculoskeletal"
+    HEAD = "head", "Head and neck"
+    WHOLE_BODY = "whole_body", "Whole body"
+    OTHER = "other", "Other"
+
+
+class StudyStatus(models.TextChoices):
+    # ``open``: created, no image yet; ``received``: images stored. The AI reads move it on from there.
+    OPEN = "open", "Open"
+    RECEIVED = "received", "Images received"
+    READING = "reading", "Reading"
+    READ = "read", "Read"
+    FAILED = "failed", "Failed"
+
+
+class Study(models.Model):
+    """A radiographic examination of one patient: one or more images, grouped by DICOM study UID."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="studies")
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="studies")
+    body_region = models.CharField(max_length=24, choices=BodyRegion.choices, default=BodyRegion.OTHER)
+    status = models.CharField(max_length=16, choices=StudyStatus.choices, default=StudyStatus.OPEN)
+    description = models.CharField(max_length=200, blank=True)
+    notes = models.TextField(blank=True, max_length=4000)
+    accession = models.CharField(max_length=64, blank=True)
+    dicom_study_uid = models.CharField(max_length=64, blank=True)
+    study_date = models.DateField(null=True, blank=True)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(body_region__in=BodyRegion.values), name="study_body_region_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=StudyStatus.values), name="study_status_valid"
+            ),
+            models.UniqueConstraint(
+                fields=["clinic", "dicom_study_uid"],
+                condition=~models.Q(dicom_study_uid=""),
+                name="study_dicom_uid_unique_per_clinic",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["clinic", "-created_at", "-id"], name="study_clinic_created"),
+            models.Index(fields=["clinic", "status", "-created_at"], name="study_clinic_status"),
+            models.Index(fields=["patient", "-created_at"], name="study_patient_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"study {self.id} ({self.body_region})"
+
+
+class ImageSource(models.TextChoices):
+    DICOM = "dicom", "DICOM"
+    JPEG = "jpeg", "JPEG"
+    PNG = "png", "PNG"
+
+
+class View(models.TextChoices):
+    LEFT_LATERAL = "LL", "Left lateral"
+    RIGHT_LATERAL = "RL", "Right lateral"
+    LATERAL = "LAT", "Lateral"
+    VENTRODORSAL = "VD", "Ventrodorsal"
+    DORSOVENTRAL = "DV", "Dorsoventral"
+    AP = "AP", "Anteroposterior / craniocaudal"
+    PA = "PA", "Posteroanterior / caudocranial"
+    OBLIQUE = "OBL", "Oblique"
+    OTHER = "OTHER", "Other"
+    UNKNOWN = "", "Unknown"
+
+
+class DerivativeStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class Image(models.Model):
+    """One stored radiograph (a DICOM instance or a photo/export), with its preview and thumbnail.
+
+    Identical bytes in one study are one image (``sha256``), and a DICOM SOP instance is one image per
+    clinic (``sop_instance_uid``). Storage keys are generated from ids, never from a client's filename.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="images")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="images")
+    source = models.CharField(max_length=8, choices=ImageSource.choices)
+    media_type = models.CharField(max_length=64)
+    storage_key = models.CharField(max_length=300, unique=True)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+    original_filename = models.CharField(max_length=255, blank=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    bits = models.PositiveSmallIntegerField()
+    frames = models.PositiveIntegerField(default=1)
+    photometric = models.CharField(max_length=32, blank=True)
+    view = models.CharField(max_length=8, choices=View.choices, blank=True, default=View.UNKNOWN)
+    sop_instance_uid = models.CharField(max_length=64, blank=True)
+    series_instance_uid = models.CharField(max_length=64, blank=True)
+    sop_class_uid = models.CharField(max_length=64, blank=True)
+    transfer_syntax_uid = models.CharField(max_length=64, blank=True)
+    dicom_metadata = models.JSONField(default=dict, blank=True)
+    preview_status = models.CharField(
+        max_length=8, choices=DerivativeStatus.choices, default=DerivativeStatus.PENDING
+    )
+    preview_error = models.CharField(max_length=300, blank=True)
+    preview_key = models.CharField(max_length=300, blank=True)
+    thumbnail_key = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["study", "sha256"], name="image_bytes_unique_per_study"),
+            models.UniqueConstraint(
+                fields=["clinic", "sop_instance_uid"],
+                condition=~models.Q(sop_instance_uid=""),
+                name="image_sop_uid_unique_per_clinic",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(source__in=ImageSource.values), name="image_source_valid"
+            ),
+            models.CheckConstraint(condition=models.Q(view__in=View.values), name="image_view_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["study", "created_at"], name="image_study_created"),
+            models.Index(fields=["clinic", "series_instance_uid"], name="image_clinic_series"),
+        ]
+
+    def __str__(self) -> str:
+        return f"image {self.id} ({self.source} {self.width}x{self.height})"
+
+    @property
+    def stored_keys(self) -> list[str]:
+        return [key for key in (self.storage_key, self.preview_key, self.thumbnail_key) if key]

@@ -225,3 +225,30 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} on {self.target_type} {self.target_id} by {self.actor_label}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a create sent with an ``Idempotency-Key``, replayed to retries.
+
+    Scoped to the clinic and the principal that sent the key; ``fingerprint`` is a hash of the
+    request (method, path, query and body, uploaded files by their SHA-256), so reusing a key for a
+    different request is detected. Records older than ``IDEMPOTENCY_TTL_HOURS`` are purged.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="+")
+    principal = models.CharField(max_length=80, help_text="user:<id> or api-key:<id>")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["clinic", "principal", "key"], name="idempotency_key_unique"),
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"idempotency {self.key} ({self.response_status})"

@@ -1,8 +1,9 @@
-"""Patients: the clinic's animals."""
+"""Patients: the clinic's animals (studies: studies.py; uploads: uploads.py)."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -12,7 +13,13 @@ from rest_framework.response import Response
 from clinics.records import selectors, services
 from clinics.records.access import access_patient
 from clinics.records.api import serializers as s
-from clinics.tenancy.api.base import PAGE_PARAMETERS, ClinicAPIView, query_filters
+from clinics.tenancy.api.base import (
+    IDEMPOTENCY_PARAMETER,
+    PAGE_PARAMETERS,
+    ClinicAPIView,
+    idempotent_response,
+    query_filters,
+)
 from clinics.tenancy.models import Role
 from xcaliber.lib.pagination import paginated
 
@@ -39,13 +46,18 @@ class PatientListView(ClinicAPIView):
         tags=["patients"],
         summary="Register a patient (`external_id` is unique per clinic)",
         request=s.PatientCreateInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
         responses={201: s.PatientOutputSerializer},
     )
     def post(self, request: Request) -> Response:
         data = s.PatientCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        patient = services.patient_create(actor=self.actor, **data.validated_data)
-        return Response(s.PatientOutputSerializer(patient).data, status=status.HTTP_201_CREATED)
+
+        def perform() -> tuple[int, Any]:
+            patient = services.patient_create(actor=self.actor, **data.validated_data)
+            return status.HTTP_201_CREATED, s.PatientOutputSerializer(patient).data
+
+        return idempotent_response(self, perform)
 
 
 class PatientDetailView(ClinicAPIView):

@@ -17,8 +17,9 @@ and every handler method must declare its minimum role.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -32,11 +33,23 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from clinics.tenancy.actor import Actor, Origin
+from clinics.tenancy.idempotency import IDEMPOTENCY_HEADER, idempotent_create, request_fingerprint
 from clinics.tenancy.models import ApiKey, Membership, Role, User
 from xcaliber.lib.pagination import CreatedCursorPagination
 from xcaliber.lib.problems import Forbidden, Problem
 
 CLINIC_HEADER = "HTTP_X_CLINIC"
+
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    location=OpenApiParameter.HEADER,
+    description=(
+        "Up to 255 printable ASCII characters. A retry with the same key and the same request returns "
+        "the first response (header `Idempotent-Replayed: true`) and creates nothing; the same key with a "
+        "different request is a 422 `idempotency_key_reused`. Keys are kept for 24 hours."
+    ),
+)
 
 PAGE_PARAMETERS = [
     OpenApiParameter("cursor", OpenApiTypes.STR, description="Cursor from `next` or `previous`."),
@@ -172,6 +185,44 @@ class ClinicAPIView(_KernelView):
                 f"This needs the {minimum} role or higher; you act as {self.actor.role}.",
                 code="role_insufficient",
             )
+
+
+def _body_parts(request: Request) -> Iterator[str]:
+    """The parsed body as fingerprint parts: fields as canonical JSON, files by their SHA-256."""
+
+    def describe(value: Any) -> str:
+        digest = getattr(value, "sha256", None)
+        if isinstance(digest, str):
+            return f"file:{getattr(value, 'filename', '') or getattr(value, 'name', '')}:{digest}"
+        return json.dumps(value, sort_keys=True, default=str)
+
+    data = request.data
+    if hasattr(data, "lists"):
+        for name, values in sorted(data.lists()):
+            yield f"{name}={[describe(v) for v in values]}"
+    elif isinstance(data, Mapping):
+        for name in sorted(data):
+            yield f"{name}={describe(data[name])}"
+    else:
+        yield describe(data)
+    for name, files in sorted(request.FILES.lists()):
+        yield f"{name}@{[describe(f) for f in files]}"
+
+
+def idempotent_response(view: ClinicAPIView, perform: Callable[[], tuple[int, Any]]) -> Response:
+    """Run a create once per ``Idempotency-Key`` (see clinics.tenancy.idempotency)."""
+    request = view.request
+    parts = [request.method or "", request.path, *sorted(f"{k}={v}" for k, v in request.query_params.lists())]
+    outcome = idempotent_create(
+        actor=view.actor,
+        key=request.META.get(IDEMPOTENCY_HEADER),
+        fingerprint=request_fingerprint([*parts, *_body_parts(request)]),
+        perform=perform,
+    )
+    response = Response(outcome.body, status=outcome.status)
+    if outcome.replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
 
 
 def resolve_actor(request: Request, *, origin: Origin) -> Actor:

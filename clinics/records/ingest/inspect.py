@@ -1,0 +1,302 @@
+"""Validation of an uploaded file before anything is stored.
+
+Order matters: the magic bytes decide the format (the declared content type must agree); a raster is
+opened by Pillow restricted to that one format, its size checked from the header against the pixel cap
+before any decode, then decoded once to prove it is whole. A DICOM file is read with
+``stop_before_pixels`` first; its dimensions, frames, bits, photometric interpretation and transfer
+syntax are checked against caps and decoders before its pixel data is located (never decoded here;
+previews decode the first frame off the request path). Each refusal is a :class:`Rejected` naming
+the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from django.conf import settings
+from PIL import Image as PILImage
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from clinics.records.ingest.receive import ReceivedFile
+from xcaliber.lib.problems import Problem
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DICOM_MAGIC_OFFSET = 128
+
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "dicom": "dcm"}
+# What a client may declare for each format; anything else that is not generic is a mismatch.
+_ACCEPTED_DECLARATIONS = {
+    "jpeg": {"image/jpeg", "image/jpg", "image/pjpeg"},
+    "png": {"image/png", "image/x-png"},
+    "dicom": {"application/dicom", "application/dicom+octet-stream"},
+}
+_GENERIC_DECLARATIONS = {"", "application/octet-stream", "binary/octet-stream"}
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+SUPPORTED_PHOTOMETRIC = {
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_ICT",
+    "YBR_RCT",
+}
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_RASTER_MODES = {"L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "P"}
+
+
+class Rejected(Problem):
+    """An upload refused by validation (a 4xx naming why)."""
+
+    status = 422
+    code = "file_invalid"
+
+
+@dataclass
+class DicomFacts:
+    """The header of an accepted DICOM instance (the dataset without its pixel data)."""
+
+    dataset: pydicom.Dataset
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+
+
+@dataclass
+class Inspected:
+    """What validation learned about an accepted file."""
+
+    source: str  # jpeg | png | dicom
+    width: int
+    height: int
+    bits: int
+    frames: int = 1
+    photometric: str = ""
+    dicom: DicomFacts | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.source]
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.source]
+
+
+def sniff(head: bytes) -> str | None:
+    """The format the leading bytes prove, or None."""
+    if head.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if len(head) >= DICOM_MAGIC_OFFSET + 4 and head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return "dicom"
+    return None
+
+
+def inspect_upload(received: ReceivedFile, *, allowed: frozenset[str] = frozenset(MEDIA_TYPES)) -> Inspected:
+    """Validate ``received`` and describe it, or raise :class:`Rejected`."""
+    if received.size == 0:
+        raise Rejected("The file is empty.", code="file_empty", status=400)
+    detected = sniff(received.head(DICOM_MAGIC_OFFSET + 4))
+    if detected is None:
+        raise Rejected(
+            "The file is not a JPEG, PNG or DICOM Part 10 file (its first bytes match none of them).",
+            code="unsupported_media_type",
+            status=415,
+        )
+    declared = received.content_type.split(";", 1)[0].strip().lower()
+    if declared not in _GENERIC_DECLARATIONS and declared not in _ACCEPTED_DECLARATIONS[detected]:
+        raise Rejected(
+            f"The file was sent as {declared} but its content is {MEDIA_TYPES[detected]}.",
+            code="content_type_mismatch",
+            status=415,
+        )
+    if detected not in allowed:
+        raise Rejected(
+            f"{MEDIA_TYPES[detected]} is not accepted here (accepted: "
+            f"{', '.join(sorted(MEDIA_TYPES[a] for a in allowed))}).",
+            code="unsupported_media_type",
+            status=415,
+        )
+    if detected == "dicom":
+        return inspect_dicom(received)
+    return inspect_raster(received, detected)
+
+
+def _reject_polyglot(received: ReceivedFile) -> None:
+    with received.open() as handle:
+        if zipfile.is_zipfile(handle):
+            raise Rejected(
+                "The file is also a ZIP archive (a polyglot); send the image alone.", code="file_polyglot"
+            )
+
+
+def inspect_raster(received: ReceivedFile, kind: str) -> Inspected:
+    _reject_polyglot(received)
+    cap = settings.XCALIBER["MAX_IMAGE_PIXELS"]
+    pil_format = {"jpeg": "JPEG", "png": "PNG"}[kind]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(received.path, formats=[pil_format]) as image:
+                width, height = image.size
+                if width < 1 or height < 1 or width * height > cap:
+                    raise Rejected(
+                        f"The image is {width} x {height} pixels; the limit is {cap:,} pixels.",
+                        code="image_too_large",
+                    )
+                if image.mode not in _RASTER_MODES:
+                    raise Rejected(
+                        f"Pixel mode {image.mode} is not supported.", code="image_mode_unsupported"
+                    )
+                mode = image.mode
+                image.load()  # the one decode, to prove the file is whole
+    except Rejected:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise Rejected(f"The image is a decompression bomb: {exc}", code="decompression_bomb") from None
+    except ValueError as exc:
+        if "too large" in str(exc).lower():  # PngImagePlugin's MAX_TEXT_CHUNK / MAX_TEXT_MEMORY guard
+            raise Rejected(f"The image is a decompression bomb: {exc}", code="decompression_bomb") from None
+        raise Rejected(f"The {kind.upper()} file is corrupt: {exc}", code="image_corrupt") from None
+    except (OSError, SyntaxError, EOFError, MemoryError, IndexError) as exc:
+        raise Rejected(
+            f"The {kind.upper()} file is corrupt or truncated: {exc}", code="image_corrupt"
+        ) from None
+    bits = 16 if mode.startswith("I") else 8
+    return Inspected(source=kind, width=width, height=height, bits=bits, photometric=mode)
+
+
+def _dicom_reject(detail: str, code: str, status: int = 422) -> Rejected:
+    return Rejected(detail, code=code, status=status)
+
+
+def _as_int(dataset: pydicom.Dataset, keyword: str, default: int | None = None) -> int:
+    value = dataset.get(keyword, default)
+    if value is None or value == "":
+        if default is None:
+            raise _dicom_reject(f"The DICOM header has no {keyword}.", "dicom_invalid")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise _dicom_reject(
+            f"The DICOM header's {keyword} is not a number: {value!r}.", "dicom_invalid"
+        ) from None
+
+
+def inspect_dicom(received: ReceivedFile) -> Inspected:
+    caps = settings.XCALIBER
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = pydicom.dcmread(received.path, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise _dicom_reject(
+            f"The file is not a readable DICOM Part 10 file: {exc}", "dicom_invalid"
+        ) from None
+    meta = header.file_meta
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "") or header.get("SOPClassUID", ""))
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in header:
+        raise _dicom_reject(
+            "DICOMDIR (File-set) files are not accepted; send the instances.", "dicomdir_refused"
+        )
+    transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
+    if not transfer_syntax:
+        raise _dicom_reject("The DICOM file meta names no transfer syntax.", "dicom_invalid")
+    if "Rows" not in header or "Columns" not in header or "BitsAllocated" not in header:
+        raise _dicom_reject(
+            "The DICOM object has no image (no Rows, Columns or BitsAllocated): structured reports, "
+            "RT plans and waveforms are not radiographs.",
+            "dicom_no_pixel_data",
+        )
+    rows, columns = _as_int(header, "Rows"), _as_int(header, "Columns")
+    frames = _as_int(header, "NumberOfFrames", 1)
+    bits = _as_int(header, "BitsAllocated")
+    samples = _as_int(header, "SamplesPerPixel", 1)
+    photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
+    if rows < 1 or columns < 1 or rows * columns > caps["MAX_IMAGE_PIXELS"]:
+        raise _dicom_reject(
+            f"The image is {columns} x {rows} pixels; the limit is {caps['MAX_IMAGE_PIXELS']:,} pixels.",
+            "image_too_large",
+        )
+    if not 1 <= frames <= caps["MAX_DICOM_FRAMES"]:
+        raise _dicom_reject(
+            f"The object has {frames} frames; the limit is {caps['MAX_DICOM_FRAMES']}.",
+            "dicom_too_many_frames",
+        )
+    if bits not in (8, 16) or samples not in (1, 3):
+        raise _dicom_reject(
+            f"BitsAllocated {bits} with SamplesPerPixel {samples} is not supported (8 or 16 bits, 1 or 3 samples).",
+            "dicom_pixel_format_unsupported",
+        )
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise _dicom_reject(
+            f"Photometric interpretation {photometric or '(none)'} is not supported "
+            f"({', '.join(sorted(SUPPORTED_PHOTOMETRIC))}).",
+            "dicom_photometric_unsupported",
+        )
+    syntax = UID(transfer_syntax)
+    try:
+        available = syntax.is_transfer_syntax and get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    if not available:
+        raise _dicom_reject(
+            f"Transfer syntax {transfer_syntax} ({syntax.name}) cannot be decoded here.",
+            "dicom_transfer_syntax_unsupported",
+            415,
+        )
+    _check_pixel_data(received, syntax, expected=rows * columns * frames * samples * (bits // 8))
+    return Inspected(
+        source="dicom",
+        width=columns,
+        height=rows,
+        bits=_as_int(header, "BitsStored", bits),
+        frames=frames,
+        photometric=photometric,
+        dicom=DicomFacts(
+            dataset=header,
+            transfer_syntax_uid=transfer_syntax,
+            sop_class_uid=str(header.get("SOPClassUID", sop_class)),
+            sop_instance_uid=str(header.get("SOPInstanceUID", "")),
+            series_instance_uid=str(header.get("SeriesInstanceUID", "")),
+            study_instance_uid=str(header.get("StudyInstanceUID", "")),
+        ),
+    )
+
+
+def _check_pixel_data(received: ReceivedFile, syntax: UID, *, expected: int) -> None:
+    """Locate the pixel data element without loading it and check its length against the header."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            located = pydicom.dcmread(received.path, defer_size=256, specific_tags=list(_PIXEL_KEYWORDS))
+    except Exception as exc:  # pydicom raises assorted errors on damaged element streams
+        raise _dicom_reject(f"The DICOM element stream is damaged: {exc}", "dicom_invalid") from None
+    present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in located]
+    if not present:
+        raise _dicom_reject("The DICOM object has no pixel data.", "dicom_no_pixel_data")
+    # get_item with keep_deferred: the element's length without reading its value into memory.
+    element = located.get_item(present[0], keep_deferred=True)
+    length = int(getattr(element, "length", 0) or 0)
+    if syntax.is_encapsulated:
+        return  # fragments; their integrity shows when the preview decodes the first frame
+    if length != 0xFFFFFFFF and length < expected:
+        raise _dicom_reject(
+            f"The pixel data holds {length:,} bytes where the header needs {expected:,}: the file is truncated.",
+            "dicom_pixel_data_truncated",
+        )
