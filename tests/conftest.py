@@ -212,9 +212,13 @@ def s3_storage(settings: Any, moto_server: MotoServer) -> S3Bucket:
                 "querystring_auth": True,
                 "file_overwrite": False,
                 "object_parameters": {"ServerSideEncryption": "AES256"},
-                "signature_version": "s3v4",
-                "addressing_style": "path",
-                "client_config": Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}),
+                "client_config": Config(
+                    signature_version="s3v4",
+                    s3={"addressing_style": "path"},
+                    connect_timeout=5,
+                    read_timeout=30,
+                    retries={"max_attempts": 2},
+                ),
             },
         },
     }

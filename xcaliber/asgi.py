@@ -11,8 +11,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (after Django is set up)
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from clinics.records.tasks import images_derivatives_backfill  # noqa: E402
+from xcaliber.lib.background import submit  # noqa: E402
 from xcaliber.routing import UnknownRouteConsumer, websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -23,3 +26,7 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+if settings.XCALIBER_BACKGROUND == "thread":
+    # Previews queued in memory before a restart were lost with the process: make them now.
+    submit(images_derivatives_backfill)

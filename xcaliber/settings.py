@@ -154,12 +154,16 @@ if S3_BUCKET:
             "querystring_auth": True,
             "file_overwrite": False,
             "object_parameters": {"ServerSideEncryption": "AES256"},
-            "signature_version": "s3v4",
-            "addressing_style": env_choice(
-                "XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"
-            ),
             # botocore's defaults (60 s timeouts, retries) would hold /readyz and requests for minutes.
+            # With a client_config, django-storages ignores its own signature_version and
+            # addressing_style options: they belong in the config itself.
             "client_config": BotoConfig(
+                signature_version="s3v4",
+                s3={
+                    "addressing_style": env_choice(
+                        "XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"
+                    )
+                },
                 connect_timeout=env_int("XCALIBER_S3_CONNECT_TIMEOUT", 5, minimum=1),
                 read_timeout=env_int("XCALIBER_S3_READ_TIMEOUT", 30, minimum=1),
                 retries={
@@ -269,11 +273,17 @@ XCALIBER = {
     "MAX_FILES_PER_REQUEST": env_int("XCALIBER_MAX_FILES_PER_REQUEST", 50, minimum=1, maximum=1000),
     "IDEMPOTENCY_TTL_HOURS": env_int("XCALIBER_IDEMPOTENCY_TTL_HOURS", 24, minimum=1),
     "DOWNLOAD_URL_SECONDS": env_int("XCALIBER_DOWNLOAD_URL_SECONDS", 300, minimum=10, maximum=3600),
+    # Presigned direct-to-S3 uploads: how long the signed form is valid (then the upload expires).
+    "DIRECT_UPLOAD_TTL_SECONDS": env_int(
+        "XCALIBER_DIRECT_UPLOAD_TTL_SECONDS", 3600, minimum=60, maximum=7 * 24 * 3600
+    ),
     "PREVIEW_MAX_SIDE": env_int("XCALIBER_PREVIEW_MAX_SIDE", 2048, minimum=256),
     "THUMBNAIL_MAX_SIDE": env_int("XCALIBER_THUMBNAIL_MAX_SIDE", 256, minimum=32),
-    # "thread": derivatives (previews) run on a background thread of this process after commit.
-    "BACKGROUND": env_choice("XCALIBER_BACKGROUND", ("thread", "inline"), "thread"),
 }
+
+# "thread": after-commit work (previews) runs on a background thread of this process; "inline": at
+# commit, in the calling thread.
+XCALIBER_BACKGROUND = env_choice("XCALIBER_BACKGROUND", ("thread", "inline"), "thread")
 
 # Uploads land in a temporary file beside local storage, so storing one is a rename.
 FILE_UPLOAD_TEMP_DIR = env_str("XCALIBER_UPLOAD_TEMP_DIR", str(DATA_DIR / "tmp"))

@@ -17,8 +17,8 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from PIL import Image as PILImage
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.pixels import pixel_array as dicom_pixel_array
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array as dicom_pixel_array
 
 PERCENTILE_WINDOW = (0.5, 99.5)
 
@@ -39,7 +39,8 @@ def _subsample(array: NDArray[np.generic], max_side: int) -> NDArray[np.generic]
 def _to_grey(array: NDArray[np.generic]) -> NDArray[np.floating]:
     if array.ndim == 3:  # RGB: luminance
         weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return (array[..., :3].astype(np.float32) * weights).sum(axis=-1)
+        grey: NDArray[np.floating] = (array[..., :3].astype(np.float32) * weights).sum(axis=-1)
+        return grey
     return array.astype(np.float32)
 
 
@@ -50,7 +51,8 @@ def _percentile_window(values: NDArray[np.floating]) -> NDArray[np.uint8]:
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
     scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+    shown: NDArray[np.uint8] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return shown
 
 
 def _window(values: NDArray[np.floating], center: float, width: float) -> NDArray[np.uint8]:
@@ -58,7 +60,8 @@ def _window(values: NDArray[np.floating], center: float, width: float) -> NDArra
     if width < 1:
         return _percentile_window(values)
     scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+    shown: NDArray[np.uint8] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return shown
 
 
 def _first(value: object) -> float:
@@ -90,15 +93,15 @@ def dicom_display(path: Path, max_side: int) -> NDArray[np.uint8]:
 
 
 def raster_display(path: Path, kind: str, max_side: int) -> NDArray[np.uint8]:
-    with PILImage.open(path, formats=[{"jpeg": "JPEG", "png": "PNG"}[kind]]) as image:
-        if image.mode in {"P", "LA", "RGBA"}:
-            image = image.convert("RGB")
+    with PILImage.open(path, formats=[{"jpeg": "JPEG", "png": "PNG"}[kind]]) as opened:
+        image: PILImage.Image = opened.convert("RGB") if opened.mode in {"P", "LA", "RGBA"} else opened
         array = np.asarray(image)
     array = _subsample(array, max_side)
-    if array.dtype == np.uint8 and array.ndim == 2:
-        return np.ascontiguousarray(array)
     if array.dtype == np.uint8:
-        return np.clip(_to_grey(array), 0, 255).astype(np.uint8)
+        grey: NDArray[np.uint8] = np.ascontiguousarray(
+            array if array.ndim == 2 else np.clip(_to_grey(array), 0, 255).astype(np.uint8)
+        )
+        return grey
     return _percentile_window(_to_grey(array))
 
 

@@ -61,10 +61,12 @@ def image_derivatives_make(image_id: uuid.UUID) -> str:
 
 
 def images_derivatives_backfill() -> int:
-    """Queue derivatives for every image still pending (after a restart lost the in-process queue)."""
-    from xcaliber.lib.background import submit
+    """Make the derivatives of every image still pending, in this thread; returns how many were tried.
 
+    The in-process queue does not survive a restart: the server runs this once at start-up (on its
+    background thread), and ``manage.py images_previews_backfill`` runs it by hand.
+    """
     pending = list(Image.objects.filter(preview_status=DerivativeStatus.PENDING).values_list("id", flat=True))
     for image_id in pending:
-        submit(image_derivatives_make, image_id)
+        image_derivatives_make(image_id)
     return len(pending)

@@ -81,6 +81,66 @@ def login(server: HttpServer, email: str, password: str) -> str:
     return str(access)
 
 
+def register_and_login(server: HttpServer) -> str:
+    """A new clinic's owner; returns an access token."""
+    email = f"owner-{secrets.token_hex(4)}@e2e.example.test"
+    response = requests.post(
+        server.url("/api/v1/auth/register/"),
+        json={"clinic_name": f"E2E Clinic {secrets.token_hex(3)}", "email": email, "password": PASSWORD},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert response.status_code == 201, response.text
+    return login(server, email, PASSWORD)
+
+
+def upload_dicom_then_fetch_preview(server: HttpServer, *, via_redirect: bool) -> None:
+    """A PACS-style raw DICOM upload; the preview appears off the request path; files download."""
+    from tests.records import corpus
+
+    headers = bearer(register_and_login(server))
+    data = corpus.dicom_bytes(transfer_syntax="JPEGLSLossless", patient_name="Kim^Bori", seed=21)
+    response = requests.post(
+        server.url("/api/v1/dicom/"),
+        data=data,
+        headers={**headers, "Content-Type": "application/dicom", "Idempotency-Key": "e2e-1"},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert response.status_code == 201, response.text
+    image = response.json()["instances"][0]["image"]
+    assert response.json()["instances"][0]["patient"]["name"] == "Bori"
+
+    def preview_ready() -> dict[str, Any] | None:
+        body = requests.get(
+            server.url(f"/api/v1/images/{image['id']}/"), headers=headers, timeout=HTTP_TIMEOUT
+        )
+        assert body.status_code == 200, body.text
+        state = body.json()
+        assert state["preview_status"] != "failed", state
+        return state if state["preview_status"] == "ready" else None
+
+    ready = wait_for("preview", preview_ready, 30)
+    original = requests.get(
+        server.url(ready["links"]["original"]), headers=headers, timeout=HTTP_TIMEOUT, allow_redirects=False
+    )
+    if via_redirect:
+        assert original.status_code == 302, original.text
+        original = requests.get(original.headers["Location"], timeout=HTTP_TIMEOUT)
+    assert original.status_code == 200
+    assert original.content == data
+    preview = requests.get(server.url(ready["links"]["preview"]), headers=headers, timeout=HTTP_TIMEOUT)
+    assert preview.status_code == 200
+    assert preview.content.startswith(b"\x89PNG")
+    # The bad-input rule holds on a real server too, and it keeps serving.
+    bad = requests.post(
+        server.url("/api/v1/dicom/"),
+        data=corpus.dicom_without_pixels(),
+        headers={**headers, "Content-Type": "application/dicom"},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert bad.status_code == 422, bad.text
+    assert requests.get(server.url("/healthz"), timeout=HTTP_TIMEOUT).status_code == 200
+
+
 def register_login_list_members(server: HttpServer) -> None:
     email = f"owner-{secrets.token_hex(4)}@e2e.example.test"
     clinic_name = f"E2E Clinic {secrets.token_hex(3)}"
@@ -162,6 +222,10 @@ def test_embedded_healthz_and_readyz(embedded_server: HttpServer) -> None:
 
 def test_embedded_register_login_members(embedded_server: HttpServer) -> None:
     register_login_list_members(embedded_server)
+
+
+def test_embedded_upload_preview_download(embedded_server: HttpServer) -> None:
+    upload_dicom_then_fetch_preview(embedded_server, via_redirect=False)
 
 
 def test_embedded_api_docs_work_offline(embedded_server: HttpServer) -> None:
@@ -412,6 +476,7 @@ def test_production_like_stack(production_stack: ProductionStack) -> None:
     assert response.json()["checks"] == {"database": "ok", "channel_layer": "ok", "storage": "ok"}
 
     register_login_list_members(server)
+    upload_dicom_then_fetch_preview(server, via_redirect=True)
 
     # Hosts outside XCALIBER_ALLOWED_HOSTS are refused.
     response = requests.get(server.url("/healthz"), headers={"Host": "evil.example"}, timeout=HTTP_TIMEOUT)

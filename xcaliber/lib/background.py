@@ -43,7 +43,7 @@ def _run(task: Callable[..., Any], args: tuple[Any, ...]) -> None:
 
 def run_after_commit(task: Callable[..., Any], *args: Any) -> None:
     """Run ``task(*args)`` once the current transaction commits (at once outside a transaction)."""
-    if settings.XCALIBER["BACKGROUND"] == "inline":
+    if settings.XCALIBER_BACKGROUND == "inline":
         transaction.on_commit(lambda: task(*args))
         return
     transaction.on_commit(lambda: submit(task, *args))

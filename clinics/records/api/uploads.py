@@ -38,9 +38,9 @@ RAW_BODY = {
 
 
 def _files(request: Request) -> list[Any]:
-    if request.content_type and request.content_type.split(";")[0].strip() not in {"multipart/form-data"}:
-        if not request.META.get("CONTENT_LENGTH"):
-            raise Problem("Send the file with a Content-Length header.", code="length_required", status=411)
+    raw_body = request.content_type.split(";")[0].strip() not in {"", "multipart/form-data"}
+    if raw_body and not request.META.get("CONTENT_LENGTH"):
+        raise Problem("Send the file with a Content-Length header.", code="length_required", status=411)
     return received_files(request.data, request.FILES)
 
 

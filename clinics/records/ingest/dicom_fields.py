@@ -81,7 +81,8 @@ def _coded_meaning(dataset: pydicom.Dataset, keyword: str) -> str:
 
 
 def species_from(dataset: pydicom.Dataset) -> str:
-    described = f"{_text(dataset, 'PatientSpeciesDescription')} {_coded_meaning(dataset, 'PatientSpeciesCodeSequence')}"
+    coded = _coded_meaning(dataset, "PatientSpeciesCodeSequence")
+    described = f"{_text(dataset, 'PatientSpeciesDescription')} {coded}"
     lowered = described.lower()
     for species, words in _SPECIES_WORDS.items():
         if any(word in lowered for word in words):

@@ -14,13 +14,14 @@ from __future__ import annotations
 import warnings
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import pydicom
 from django.conf import settings
 from PIL import Image as PILImage
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from clinics.records.ingest.receive import ReceivedFile
@@ -132,7 +133,9 @@ def inspect_upload(received: ReceivedFile, *, allowed: frozenset[str] = frozense
             status=415,
         )
     if detected == "dicom":
-        return inspect_dicom(received)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pydicom warns on odd values it still parses
+            return inspect_dicom(received)
     return inspect_raster(received, detected)
 
 
@@ -144,20 +147,69 @@ def _reject_polyglot(received: ReceivedFile) -> None:
             )
 
 
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(handle: IO[bytes]) -> tuple[int, int] | None:
+    """Width and height from the first SOF segment, reading marker headers only."""
+    handle.seek(2)
+    while True:
+        byte = handle.read(1)
+        if not byte:
+            return None
+        if byte != b"\xff":
+            continue
+        marker = handle.read(1)
+        while marker == b"\xff":
+            marker = handle.read(1)
+        if not marker:
+            return None
+        code = marker[0]
+        if code in {0x01, *range(0xD0, 0xD8)}:  # standalone markers
+            continue
+        if code in {0xD9, 0xDA}:  # end of image or start of scan before any frame header
+            return None
+        length_bytes = handle.read(2)
+        if len(length_bytes) < 2:
+            return None
+        length = int.from_bytes(length_bytes, "big")
+        if code in _JPEG_SOF:
+            segment = handle.read(5)
+            if len(segment) < 5:
+                return None
+            return int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big")
+        handle.seek(length - 2, 1)
+
+
+def header_size(received: ReceivedFile, kind: str) -> tuple[int, int] | None:
+    """(width, height) as the file's header declares it, before any decoder sees the file."""
+    with received.open() as handle:
+        if kind == "png":
+            head = handle.read(24)
+            if len(head) < 24 or head[12:16] != b"IHDR":
+                return None
+            return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return _jpeg_size(handle)
+
+
 def inspect_raster(received: ReceivedFile, kind: str) -> Inspected:
     _reject_polyglot(received)
     cap = settings.XCALIBER["MAX_IMAGE_PIXELS"]
+    declared = header_size(received, kind)
+    if declared is None:
+        raise Rejected(f"The {kind.upper()} header declares no image size.", code="image_corrupt")
+    width, height = declared
+    if width < 1 or height < 1 or width * height > cap:
+        raise Rejected(
+            f"The image is {width} x {height} pixels; the limit is {cap:,} pixels.", code="image_too_large"
+        )
     pil_format = {"jpeg": "JPEG", "png": "PNG"}[kind]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
             with PILImage.open(received.path, formats=[pil_format]) as image:
-                width, height = image.size
-                if width < 1 or height < 1 or width * height > cap:
-                    raise Rejected(
-                        f"The image is {width} x {height} pixels; the limit is {cap:,} pixels.",
-                        code="image_too_large",
-                    )
+                if image.size != (width, height):
+                    raise Rejected("The image header is inconsistent.", code="image_corrupt")
                 if image.mode not in _RASTER_MODES:
                     raise Rejected(
                         f"Pixel mode {image.mode} is not supported.", code="image_mode_unsupported"
@@ -240,7 +292,8 @@ def inspect_dicom(received: ReceivedFile) -> Inspected:
         )
     if bits not in (8, 16) or samples not in (1, 3):
         raise _dicom_reject(
-            f"BitsAllocated {bits} with SamplesPerPixel {samples} is not supported (8 or 16 bits, 1 or 3 samples).",
+            f"BitsAllocated {bits} with SamplesPerPixel {samples} is not supported "
+            "(8 or 16 bits, 1 or 3 samples).",
             "dicom_pixel_format_unsupported",
         )
     if photometric not in SUPPORTED_PHOTOMETRIC:
@@ -290,13 +343,38 @@ def _check_pixel_data(received: ReceivedFile, syntax: UID, *, expected: int) -> 
     present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in located]
     if not present:
         raise _dicom_reject("The DICOM object has no pixel data.", "dicom_no_pixel_data")
-    # get_item with keep_deferred: the element's length without reading its value into memory.
+    # get_item with keep_deferred: the element's length and position without reading its value.
     element = located.get_item(present[0], keep_deferred=True)
     length = int(getattr(element, "length", 0) or 0)
-    if syntax.is_encapsulated:
-        return  # fragments; their integrity shows when the preview decodes the first frame
-    if length != 0xFFFFFFFF and length < expected:
+    value_at = getattr(element, "value_tell", None)
+    if length != 0xFFFFFFFF and isinstance(value_at, int) and value_at + length > received.size:
         raise _dicom_reject(
-            f"The pixel data holds {length:,} bytes where the header needs {expected:,}: the file is truncated.",
+            f"The pixel data element declares {length:,} bytes but the file ends "
+            f"{value_at + length - received.size:,} bytes short: the file is truncated.",
             "dicom_pixel_data_truncated",
         )
+    if syntax.is_encapsulated:
+        _check_first_frame_decodes(received)
+        return
+    if length != 0xFFFFFFFF and length < expected:
+        raise _dicom_reject(
+            f"The pixel data holds {length:,} bytes where the header needs {expected:,}: "
+            "the file is truncated.",
+            "dicom_pixel_data_truncated",
+        )
+
+
+def _check_first_frame_decodes(received: ReceivedFile) -> None:
+    """Decode only the first frame of a compressed object: a damaged codestream is refused now, not later.
+
+    The frame is within the pixel cap (checked above), so this bounds memory to one frame.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixel_array(str(received.path), index=0)
+    except Exception as exc:  # every decoder plugin raises its own types
+        first_line = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        raise _dicom_reject(
+            f"The compressed pixel data cannot be decoded: {first_line}", "dicom_pixel_data_corrupt"
+        ) from None

@@ -202,11 +202,10 @@ class RawFileParser(BaseParser):
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
         if declared > limit:
             raise too_large(limit)
-        filename = request.META.get("HTTP_CONTENT_DISPOSITION", "")
-        if "filename=" in filename:
-            filename = filename.split("filename=", 1)[1].strip().strip('"')
-        else:
-            filename = ""
+        disposition = request.META.get("HTTP_CONTENT_DISPOSITION", "")
+        filename = (
+            disposition.split("filename=", 1)[1].strip().strip('"') if "filename=" in disposition else ""
+        )
         if stream is None:
             return {}
         content_type = (media_type or "").split(";", 1)[0].strip().lower()

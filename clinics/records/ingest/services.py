@@ -72,7 +72,7 @@ def inspect_all(files: Sequence[ReceivedFile], *, allowed: frozenset[str] | None
 def _store_image(
     *, actor: Actor, study: Study, received: ReceivedFile, facts: Inspected, view: str, stored: StoredObjects
 ) -> Stored:
-    """One image row and its object; identical bytes in the study, or a known SOP instance, is the existing image."""
+    """One image row and its object; identical bytes in the study, or a known SOP instance, is that image."""
     dicom = facts.dicom
     sop = dicom.sop_instance_uid if dicom else ""
 
@@ -152,7 +152,8 @@ def images_add(
                 uid = facts.dicom.study_instance_uid
                 if study.dicom_study_uid and study.dicom_study_uid != uid:
                     raise Rejected(
-                        f"The DICOM instance belongs to study {uid}, not to this study ({study.dicom_study_uid}).",
+                        f"The DICOM instance belongs to study {uid}, "
+                        f"not to this study ({study.dicom_study_uid}).",
                         code="dicom_study_mismatch",
                     )
                 if not study.dicom_study_uid:

@@ -1,0 +1,205 @@
+"""Previews and thumbnails (made after commit, off the request path) and downloads of an image's files."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image as PILImage
+
+from clinics.records import tasks
+from clinics.records.models import Image
+from clinics.tenancy.models import Role
+from tests.conftest import Cast
+from tests.records import corpus
+from tests.records.factories import make_study, stored_keys
+
+pytestmark = pytest.mark.django_db
+
+
+def _upload(cast: Cast, data: bytes, content_type: str, capture: Any) -> Image:
+    study = make_study(cast.clinic)
+    with capture() as callbacks:
+        response = cast.client(Role.TECHNICIAN).post(
+            f"/api/v1/studies/{study.id}/images/", data, content_type=content_type
+        )
+    assert response.status_code == 201, response.content
+    image = Image.objects.get(id=response.json()["images"][0]["id"])
+    # The preview is queued after commit, not made in the request.
+    assert image.preview_status == "pending"
+    assert len(callbacks) == 1
+    return image
+
+
+def _preview_pixels(cast: Cast, image: Image) -> np.ndarray:
+    response: Any = cast.client(Role.VIEWER).get(f"/api/v1/images/{image.id}/preview/")
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "image/png"
+    with PILImage.open(io.BytesIO(b"".join(response.streaming_content))) as preview:
+        assert preview.mode == "L"
+        return np.asarray(preview)
+
+
+def test_a_16_bit_png_gets_a_windowed_8_bit_preview_and_a_thumbnail(
+    cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    image = _upload(
+        cast,
+        corpus.png_bytes(bits=16, width=640, height=512),
+        "image/png",
+        django_capture_on_commit_callbacks,
+    )
+    assert tasks.image_derivatives_make(image.id) == "ready"
+    image.refresh_from_db()
+    pixels = _preview_pixels(cast, image)
+    assert pixels.shape == (512, 640)
+    assert pixels.min() == 0
+    assert pixels.max() == 255  # the window spans the image's own range, not 0..65535
+    thumbnail: Any = cast.client(Role.VIEWER).get(f"/api/v1/images/{image.id}/thumbnail/")
+    with PILImage.open(io.BytesIO(b"".join(thumbnail.streaming_content))) as thumb:
+        assert thumb.format == "JPEG"
+        assert max(thumb.size) == 256
+    assert sorted(stored_keys()) == sorted(image.stored_keys)
+    # Idempotent: a second run changes nothing.
+    assert tasks.image_derivatives_make(image.id) == "ready"
+    assert sorted(stored_keys()) == sorted(image.stored_keys)
+
+
+def test_dicom_window_is_applied_and_monochrome1_is_inverted(
+    cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    shown = {}
+    for photometric in ("MONOCHROME2", "MONOCHROME1"):
+        data = corpus.dicom_bytes(photometric=photometric, window=(2000.0, 3000.0), seed=5, bits=16)
+        image = _upload(cast, data, "application/dicom", django_capture_on_commit_callbacks)
+        assert tasks.image_derivatives_make(image.id) == "ready"
+        image.refresh_from_db()
+        shown[photometric] = _preview_pixels(cast, image).astype(int)
+    assert np.array_equal(shown["MONOCHROME1"], 255 - shown["MONOCHROME2"])
+    pattern = corpus.pixel_pattern(256, 320, bits=16, seed=5).astype(float)
+    expected = np.clip(((pattern - 1999.5) / 2999 + 0.5) * 255, 0, 255).astype(int)
+    assert np.abs(shown["MONOCHROME2"] - expected).max() <= 1
+
+
+def test_every_transfer_syntax_previews(cast: Cast, django_capture_on_commit_callbacks: Any) -> None:
+    for syntax in sorted(corpus.TRANSFER_SYNTAXES):
+        bits = 8 if syntax in corpus.BASELINE_ONLY_8BIT else 16
+        data = corpus.dicom_bytes(transfer_syntax=syntax, bits=bits, seed=3)
+        image = _upload(cast, data, "application/dicom", django_capture_on_commit_callbacks)
+        assert tasks.image_derivatives_make(image.id) == "ready", syntax
+
+
+def test_only_the_first_frame_of_a_multiframe_object_is_rendered(
+    cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    image = _upload(
+        cast, corpus.dicom_bytes(frames=4, seed=8), "application/dicom", django_capture_on_commit_callbacks
+    )
+    assert image.frames == 4
+    assert tasks.image_derivatives_make(image.id) == "ready"
+    image.refresh_from_db()
+    assert _preview_pixels(cast, image).shape == (256, 320)
+
+
+def test_a_pending_preview_is_409_and_the_original_downloads(
+    cast: Cast, problem, django_capture_on_commit_callbacks: Any
+) -> None:
+    data = corpus.jpeg_bytes(seed=9)
+    image = _upload(cast, data, "image/jpeg", django_capture_on_commit_callbacks)
+    client = cast.client(Role.VIEWER)
+    problem(client.get(f"/api/v1/images/{image.id}/preview/"), 409, "preview_pending")
+    original: Any = client.get(f"/api/v1/images/{image.id}/original/")
+    assert original.status_code == 200
+    assert original["Content-Type"] == "image/jpeg"
+    assert original["Content-Length"] == str(len(data))
+    assert original["Content-Disposition"] == f'attachment; filename="{image.id}.jpg"'
+    assert b"".join(original.streaming_content) == data
+
+
+def test_an_undecodable_image_marks_its_preview_failed(
+    cast: Cast, problem, django_capture_on_commit_callbacks: Any
+) -> None:
+    image = _upload(cast, corpus.png_bytes(), "image/png", django_capture_on_commit_callbacks)
+    from django.core.files.storage import default_storage
+
+    default_storage.delete(image.storage_key)
+    default_storage.save(image.storage_key, io.BytesIO(b"\x89PNG\r\n\x1a\nbroken"))
+    assert tasks.image_derivatives_make(image.id) == "failed"
+    image.refresh_from_db()
+    assert image.preview_error
+    problem(cast.client(Role.VIEWER).get(f"/api/v1/images/{image.id}/preview/"), 409, "preview_failed")
+
+
+def test_a_deleted_image_leaves_no_preview_behind(
+    cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    image = _upload(cast, corpus.png_bytes(), "image/png", django_capture_on_commit_callbacks)
+    image_id = image.id
+    with django_capture_on_commit_callbacks(execute=True):
+        assert cast.client(Role.VET).delete(f"/api/v1/studies/{image.study_id}/").status_code == 204
+    assert tasks.image_derivatives_make(image_id) == "missing"
+    assert stored_keys() == []
+
+
+def test_with_s3_downloads_redirect_to_short_lived_presigned_urls(
+    cast: Cast, s3_storage: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    data = corpus.png_bytes(bits=16, seed=12)
+    image = _upload(cast, data, "image/png", django_capture_on_commit_callbacks)
+    assert tasks.image_derivatives_make(image.id) == "ready"
+    client = cast.client(Role.VIEWER)
+    response = client.get(f"/api/v1/images/{image.id}/original/")
+    assert response.status_code == 302
+    url = response["Location"]
+    assert url.startswith(s3_storage.server.endpoint)
+    assert "X-Amz-Expires=300" in url
+    fetched = requests.get(url, timeout=10)
+    assert fetched.status_code == 200
+    assert fetched.content == data
+    # Without the signature the object is private.
+    assert requests.get(url.split("?", 1)[0], timeout=10).status_code == 403
+    preview = requests.get(client.get(f"/api/v1/images/{image.id}/preview/")["Location"], timeout=10)
+    assert preview.headers["Content-Type"] == "image/png"
+    with PILImage.open(io.BytesIO(preview.content)) as shown:
+        assert shown.mode == "L"
+
+
+def test_previews_of_an_s3_dicom_stream_the_object_to_a_temporary_copy(
+    cast: Cast, s3_storage: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    study = make_study(cast.clinic)
+    upload = SimpleUploadedFile(
+        "a.dcm", corpus.dicom_bytes(transfer_syntax="JPEGLSLossless"), "application/dicom"
+    )
+    with django_capture_on_commit_callbacks():
+        response = cast.client(Role.TECHNICIAN).post(
+            f"/api/v1/studies/{study.id}/images/", {"files": [upload]}, format="multipart"
+        )
+    image = Image.objects.get(id=response.json()["images"][0]["id"])
+    assert tasks.image_derivatives_make(image.id) == "ready"
+    image.refresh_from_db()
+    assert sorted(s3_storage.keys()) == sorted(image.stored_keys)
+
+
+def test_the_backfill_command_makes_previews_lost_in_a_restart(
+    cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    first = _upload(cast, corpus.png_bytes(seed=1), "image/png", django_capture_on_commit_callbacks)
+    second = _upload(cast, corpus.jpeg_bytes(seed=2), "image/jpeg", django_capture_on_commit_callbacks)
+    out = StringIO()
+    call_command("images_previews_backfill", stdout=out)
+    assert "2 pending" in out.getvalue()
+    assert set(Image.objects.values_list("preview_status", flat=True)) == {"ready"}
+    assert sorted(stored_keys()) == sorted(
+        first.stored_keys[:1]
+        + second.stored_keys[:1]
+        + [key for image in Image.objects.all() for key in (image.preview_key, image.thumbnail_key)]
+    )
