@@ -1,12 +1,13 @@
 """The clinics app's models, gathered from its sub-packages for Django's app registry."""
 
-from clinics.records.models import Image, Patient, Study
+from clinics.records.models import DirectUpload, Image, Patient, Study
 from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, IdempotencyRecord, Invitation, Membership, User
 
 __all__ = [
     "ApiKey",
     "AuditEntry",
     "Clinic",
+    "DirectUpload",
     "IdempotencyRecord",
     "Image",
     "Invitation",

@@ -212,6 +212,7 @@ def s3_storage(settings: Any, moto_server: MotoServer) -> S3Bucket:
                 "querystring_auth": True,
                 "file_overwrite": False,
                 "object_parameters": {"ServerSideEncryption": "AES256"},
+                "max_memory_size": 1024 * 1024,
                 "client_config": Config(
                     signature_version="s3v4",
                     s3={"addressing_style": "path"},

@@ -18,20 +18,30 @@ memberships, invitations or keys.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
+from pydicom.uid import generate_uid
 
-from clinics.records.models import Image, Patient, Study
+from clinics.records.direct import direct_upload_key
+from clinics.records.ingest.receive import receive_stream
+from clinics.records.ingest.services import dicom_instances_store
+from clinics.records.models import DirectUpload, Image, Patient, Study
+from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import ROLE_RANK, ApiKey, AuditEntry, Invitation, Membership, Role
 from clinics.tenancy.services import api_key_create
 from tests.conftest import Cast, bearer_client, key_client, make_member
-from tests.records.factories import stored_keys, sweep_image
+from tests.records.corpus import dicom_bytes
+from tests.records.factories import make_study, stored_keys, sweep_image
 from xcaliber.routing import websocket_urlpatterns
 
 Kwargs = Callable[[Cast], dict[str, Any]]
@@ -69,8 +79,50 @@ def _image(cast: Cast) -> dict[str, Any]:
     return {"image_id": sweep_image(cast).id}
 
 
+def _direct_upload(cast: Cast) -> dict[str, Any]:
+    upload_id = uuid.uuid4()
+    upload = DirectUpload.objects.create(
+        id=upload_id,
+        clinic=cast.clinic,
+        study=make_study(cast.clinic),
+        key=direct_upload_key(clinic_id=cast.clinic.id, upload_id=upload_id),
+        size_bytes=1024,
+        content_type="application/dicom",
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    return {"upload_id": upload.id}
+
+
 def _api_key(cast: Cast) -> dict[str, Any]:
     return {"api_key_id": api_key_create(clinic=cast.clinic, name="bridge", role=Role.VET).api_key.id}
+
+
+def _dicom_image(cast: Cast) -> Image:
+    """A small DICOM instance of clinic A, stored through the ingest service (file and rows)."""
+    data = dicom_bytes(rows=32, columns=40, bits=8)
+    received = receive_stream(io.BytesIO(data), limit=len(data), content_type="application/dicom")
+    actor = Actor(clinic=cast.clinic, role=Role.TECHNICIAN, user=cast.members[Role.TECHNICIAN].user)
+    [stored] = dicom_instances_store(actor=actor, files=[received])
+    received.discard()
+    return stored.image
+
+
+def _dicom_study(cast: Cast) -> dict[str, Any]:
+    return {"study_uid": _dicom_image(cast).study.dicom_study_uid}
+
+
+def _dicom_series(cast: Cast) -> dict[str, Any]:
+    image = _dicom_image(cast)
+    return {"study_uid": image.study.dicom_study_uid, "series_uid": image.series_instance_uid}
+
+
+def _dicom_instance(cast: Cast) -> dict[str, Any]:
+    image = _dicom_image(cast)
+    return {
+        "study_uid": image.study.dicom_study_uid,
+        "series_uid": image.series_instance_uid,
+        "sop_instance_uid": image.sop_instance_uid,
+    }
 
 
 @dataclass(frozen=True)
@@ -79,6 +131,9 @@ class Route:
     methods: dict[str, str] = field(default_factory=dict)  # method -> minimum role ("" when not clinic)
     kwargs: Kwargs = _no_kwargs
     bodies: dict[str, dict[str, Any]] = field(default_factory=dict)  # a valid body per method
+    # Methods for which an id in the path may name a new object (STOW-RS into a study UID): another
+    # clinic's id must then get exactly what a random id gets, which need not be a 404.
+    may_create: frozenset[str] = frozenset()
 
 
 ROUTES: dict[str, Route] = {
@@ -118,11 +173,35 @@ ROUTES: dict[str, Route] = {
     ),
     "study-images": Route("clinic", {"post": Role.TECHNICIAN}, _study),
     "capture-create": Route("clinic", {"post": Role.TECHNICIAN}),
+    "study-direct-uploads": Route(
+        "clinic",
+        {"post": Role.TECHNICIAN},
+        _study,
+        {"post": {"size": 1024, "content_type": "application/dicom"}},
+    ),
+    "direct-upload-detail": Route("clinic", {"get": Role.VIEWER}, _direct_upload),
+    "direct-upload-complete": Route("clinic", {"post": Role.TECHNICIAN}, _direct_upload),
     "dicom-instances": Route("clinic", {"post": Role.TECHNICIAN}),
     "image-detail": Route("clinic", {"get": Role.VIEWER}, _image),
     "image-original": Route("clinic", {"get": Role.VIEWER}, _image),
     "image-preview": Route("clinic", {"get": Role.VIEWER}, _image),
     "image-thumbnail": Route("clinic", {"get": Role.VIEWER}, _image),
+    "dicomweb-studies": Route("clinic", {"get": Role.VIEWER, "post": Role.TECHNICIAN}),
+    "dicomweb-all-series": Route("clinic", {"get": Role.VIEWER}),
+    "dicomweb-all-instances": Route("clinic", {"get": Role.VIEWER}),
+    "dicomweb-study": Route(
+        "clinic", {"get": Role.VIEWER, "post": Role.TECHNICIAN}, _dicom_study, may_create=frozenset({"post"})
+    ),
+    "dicomweb-study-metadata": Route("clinic", {"get": Role.VIEWER}, _dicom_study),
+    "dicomweb-study-series": Route("clinic", {"get": Role.VIEWER}, _dicom_study),
+    "dicomweb-study-instances": Route("clinic", {"get": Role.VIEWER}, _dicom_study),
+    "dicomweb-series": Route("clinic", {"get": Role.VIEWER}, _dicom_series),
+    "dicomweb-series-metadata": Route("clinic", {"get": Role.VIEWER}, _dicom_series),
+    "dicomweb-series-instances": Route("clinic", {"get": Role.VIEWER}, _dicom_series),
+    "dicomweb-instance": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
+    "dicomweb-instance-metadata": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
+    "dicomweb-instance-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
+    "dicomweb-frame-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
 }
 
 # Routes outside the API, each with the reason it needs no tenancy check.
@@ -202,6 +281,7 @@ def _snapshot(cast: Cast) -> tuple[Any, ...]:
         sorted(Patient.objects.filter(clinic=clinic).values_list("id", "name", "updated_at")),
         sorted(Study.objects.filter(clinic=clinic).values_list("id", "status", "notes", "updated_at")),
         sorted(Image.objects.filter(clinic=clinic).values_list("id", "preview_status")),
+        sorted(DirectUpload.objects.filter(clinic=clinic).values_list("id", "status")),
         sorted(stored_keys()),
     )
 
@@ -212,9 +292,42 @@ def _call(client: Any, method: str, url: str, body: dict[str, Any] | None = None
 
 def _normalise(body: dict[str, Any], ids: list[str]) -> dict[str, Any]:
     text = json.dumps(body, sort_keys=True)
-    for value in ids:
+    for value in sorted(ids, key=len, reverse=True):  # a UID may be a prefix of another
         text = text.replace(value, "<id>")
     return json.loads(text)  # type: ignore[no-any-return]
+
+
+# Path parameters by converter, and how to make a random value of each (one that names nothing).
+PARAMETER = re.compile(r"<(?:(?P<converter>\w+):)?(?P<name>\w+)>")
+RANDOM_VALUE: dict[str, Callable[[], str]] = {
+    "uuid": lambda: str(uuid.uuid4()),
+    "dicom_uid": lambda: str(generate_uid()),
+    "str": lambda: f"x{uuid.uuid4().hex}",
+    "slug": lambda: f"x{uuid.uuid4().hex}",
+    "path": lambda: f"x{uuid.uuid4().hex}",
+    "int": lambda: str(uuid.uuid4().int % 10**12 + 10**12),
+}
+
+
+def _fill(pattern_route: str, values: dict[str, Any]) -> str:
+    url = "/" + PARAMETER.sub(lambda match: str(values[match["name"]]), pattern_route)
+    assert "<" not in url, f"unfilled parameter in {url}"
+    return url
+
+
+def _random_values(pattern_route: str) -> dict[str, str]:
+    values = {}
+    for match in PARAMETER.finditer(pattern_route):
+        converter = match["converter"] or "str"
+        assert converter in RANDOM_VALUE, f"the sweep cannot make a random <{converter}:...> value"
+        values[match["name"]] = RANDOM_VALUE[converter]()
+    return values
+
+
+def test_every_path_parameter_can_be_filled() -> None:
+    for name in ROUTES:
+        pattern_route = next(r for r, p in ALL_PATTERNS if p.name == name)
+        _random_values(pattern_route)
 
 
 @pytest.mark.django_db
@@ -223,10 +336,7 @@ def test_sweep(cast: Cast, anon: Any, name: str, method: str, caller: str) -> No
     route = ROUTES[name]
     kwargs = route.kwargs(cast)
     pattern_route = next(r for r, p in ALL_PATTERNS if p.name == name)
-    url = "/" + pattern_route
-    for key, value in kwargs.items():
-        url = url.replace(f"<uuid:{key}>", str(value))
-    assert "<" not in url, f"unfilled parameter in {url}"
+    url = _fill(pattern_route, kwargs)
     client, expect = _caller(cast, anon, route, method, caller)
     before = _snapshot(cast)
     # Refusals must not depend on the body: send a valid one where the route takes one.
@@ -246,16 +356,16 @@ def test_sweep(cast: Cast, anon: Any, name: str, method: str, caller: str) -> No
                 continue  # the id the caller sent may be echoed back
             assert ident not in body_text, f"{caller} saw clinic A's {ident} at {method.upper()} {url}"
         if kwargs:
-            assert response.status_code == 404, response.content
+            creates = method in route.may_create
+            assert creates or response.status_code == 404, response.content
             owner = cast.client(Role.OWNER)
             if method == "get":  # control: the same URL works for its own clinic
                 assert _call(owner, "get", url).status_code == 200
-            random_url = url
-            for value in kwargs.values():
-                random_url = random_url.replace(str(value), str(uuid.uuid4()))
+            random_values = _random_values(pattern_route)
+            random_url = _fill(pattern_route, random_values)
             missing = _call(owner, method, random_url, route.bodies.get(method))
-            assert missing.status_code == 404
-            ids = [str(v) for v in kwargs.values()] + [seg for seg in random_url.split("/") if len(seg) == 36]
+            assert missing.status_code == (response.status_code if creates else 404)
+            ids = [str(v) for v in kwargs.values()] + list(random_values.values())
             assert _normalise(response.json(), [*ids, url, random_url]) == _normalise(
                 missing.json(), [*ids, url, random_url]
             )

@@ -154,6 +154,8 @@ if S3_BUCKET:
             "querystring_auth": True,
             "file_overwrite": False,
             "object_parameters": {"ServerSideEncryption": "AES256"},
+            # Files opened through the backend spill to disk past 1 MB instead of staying in memory.
+            "max_memory_size": 1024 * 1024,
             # botocore's defaults (60 s timeouts, retries) would hold /readyz and requests for minutes.
             # With a client_config, django-storages ignores its own signature_version and
             # addressing_style options: they belong in the config itself.
@@ -238,6 +240,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RoleEnum": "clinics.tenancy.models.Role",
         "ClinicKindEnum": "clinics.tenancy.models.ClinicKind",
+        "StudyStatusEnum": "clinics.records.models.StudyStatus",
+        "InvitationStatusEnum": ["pending", "accepted", "revoked", "expired"],
     },
 }
 

@@ -210,3 +210,57 @@ class Image(models.Model):
     @property
     def stored_keys(self) -> list[str]:
         return [key for key in (self.storage_key, self.preview_key, self.thumbnail_key) if key]
+
+
+class DirectUploadStatus(models.TextChoices):
+    PENDING = "pending", "Waiting for the file"
+    COMPLETED = "completed", "Stored as an image"
+    EXPIRED = "expired", "Expired before completion"
+    FAILED = "failed", "Refused"
+
+
+class DirectUpload(models.Model):
+    """A file a client sends straight to the object store (presigned POST), then completes.
+
+    The staging ``key`` is built from ids only (``clinics/<clinic>/uploads/<id>``), never from the client's
+    filename; completion validates the bytes like any upload and stores them as ``image`` under the
+    image's own key. ``size_bytes`` is the size the client declared and the POST policy enforces.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="direct_uploads")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="direct_uploads")
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    key = models.CharField(max_length=300, unique=True)
+    size_bytes = models.BigIntegerField()
+    content_type = models.CharField(max_length=64)
+    filename = models.CharField(max_length=255, blank=True)
+    status = models.CharField(
+        max_length=16, choices=DirectUploadStatus.choices, default=DirectUploadStatus.PENDING
+    )
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_reason = models.CharField(max_length=500, blank=True)
+    image = models.ForeignKey(Image, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=DirectUploadStatus.values), name="direct_upload_status_valid"
+            ),
+            models.CheckConstraint(condition=models.Q(size_bytes__gt=0), name="direct_upload_size_positive"),
+            models.CheckConstraint(
+                condition=~models.Q(status=DirectUploadStatus.COMPLETED)
+                | models.Q(completed_at__isnull=False),
+                name="direct_upload_completed_has_time",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="direct_upload_status_expiry"),
+            models.Index(fields=["clinic", "-created_at"], name="direct_upload_clinic_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"direct upload {self.id} ({self.status})"

@@ -112,7 +112,19 @@ class StoredObjects(contextlib.AbstractContextManager["StoredObjects"]):
 
 
 def open_stream(key: str) -> Iterator[bytes]:
-    """The object's bytes in chunks (for a streaming response)."""
+    """The object's bytes in chunks (for a streaming response), never the whole object in memory.
+
+    For S3 this reads the GET response body directly: django-storages' own file object would first
+    download the whole object (into memory, unless ``max_memory_size`` is set).
+    """
+    if not is_local():
+        client = default_storage.connection.meta.client  # type: ignore[attr-defined]
+        body = client.get_object(Bucket=default_storage.bucket_name, Key=key)["Body"]  # type: ignore[attr-defined]
+        try:
+            yield from body.iter_chunks(STREAM_CHUNK)
+        finally:
+            body.close()
+        return
     handle: IO[bytes] = default_storage.open(key, "rb")
     try:
         while chunk := handle.read(STREAM_CHUNK):

@@ -145,3 +145,56 @@ def test_keys_expire(cast: Cast) -> None:
     IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=25))
     assert idempotency_records_purge() == 1
     assert IdempotencyRecord.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_retries_create_one_image(cast: Cast, settings: Any) -> None:
+    """Copies of one upload racing (a phone retrying on a flaky network): one image, one keyed response."""
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the test database of SQLite is in memory and shared-cache: no concurrent writers")
+    settings.XCALIBER_BACKGROUND = "inline"  # previews at commit, in the request's thread
+
+    study = make_study(cast.clinic)
+    data = corpus.png_bytes(seed=31)
+    credentials: dict[str, str] = cast.client(Role.TECHNICIAN)._credentials  # type: ignore[attr-defined]  # one person, three connections
+    results: list[Any] = []
+    barrier = threading.Barrier(3)
+
+    def send(key: str | None) -> None:
+        from rest_framework.test import APIClient
+
+        client = APIClient()
+        client.credentials(**credentials)
+        files = [SimpleUploadedFile("a.png", data, content_type="image/png")]
+        headers: dict[str, Any] = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+        barrier.wait()
+        try:
+            results.append(
+                client.post(
+                    f"/api/v1/studies/{study.id}/images/", {"files": files}, format="multipart", **headers
+                )
+            )
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=send, args=(key,)) for key in ("race", "race", None)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 3
+    keyed = [r for r in results if r.wsgi_request.META.get("HTTP_IDEMPOTENCY_KEY")]
+    assert keyed[0].status_code == keyed[1].status_code
+    assert keyed[0].json() == keyed[1].json()
+    (unkeyed,) = [r for r in results if r not in keyed]
+    # Two requests really ran (the keyed pair ran once): exactly one of them created the image.
+    assert sorted([keyed[0].status_code, unkeyed.status_code]) == [200, 201]
+    image_ids = {r.json()["images"][0]["id"] for r in results}
+    assert len(image_ids) == 1
+    image = Image.objects.get()
+    assert stored_keys() == sorted(image.stored_keys)
+    assert IdempotencyRecord.objects.count() == 1

@@ -117,28 +117,26 @@ class ImageDetailView(ClinicAPIView):
         return Response(s.ImageOutputSerializer(access_image(actor=self.actor, image_id=image_id)).data)
 
 
-class ImageFileView(ClinicAPIView):
+_DOWNLOAD_DESCRIPTION = (
+    "With S3 storage the answer is a 302 to a presigned URL valid for a few minutes; with local storage "
+    "the bytes stream from this endpoint."
+)
+_DOWNLOAD_RESPONSES = {
+    (200, "application/octet-stream"): OpenApiTypes.BINARY,
+    302: OpenApiResponse(description="Redirect to a presigned object URL"),
+}
+_PENDING_NOTE = (
+    " A preview that is not ready yet is a 409 `preview_pending`; one that failed, `preview_failed`."
+)
+
+
+class _ImageFileView(ClinicAPIView):
     """Download one of an image's files: streamed through the API, or a redirect to a short-lived S3 URL."""
 
     required_roles = {"get": Role.VIEWER}
-    extra_problem_statuses = {"get": (409,)}
     variant: ClassVar[str] = "original"
 
-    @extend_schema(
-        operation_id="images_file",
-        tags=["images"],
-        summary="The image's bytes (original, preview or thumbnail)",
-        description=(
-            "With S3 storage the answer is a 302 to a presigned URL valid for a few minutes; with local "
-            "storage the bytes stream from this endpoint. A preview that is not ready yet is a 409 "
-            "`preview_pending` with `Retry-After`."
-        ),
-        responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            302: OpenApiResponse(description="Redirect to a presigned object URL"),
-        },
-    )
-    def get(self, request: Request, image_id: uuid.UUID) -> Any:
+    def download(self, image_id: uuid.UUID) -> Any:
         image = access_image(actor=self.actor, image_id=image_id)
         key, media_type, filename = self._file(image)
         url = storage.presigned_url(
@@ -172,3 +170,45 @@ class ImageFileView(ClinicAPIView):
         if self.variant == "preview":
             return image.preview_key, "image/png", f"{image.id}.preview.png"
         return image.thumbnail_key, "image/jpeg", f"{image.id}.thumb.jpg"
+
+
+class ImageOriginalView(_ImageFileView):
+    @extend_schema(
+        operation_id="images_original",
+        tags=["images"],
+        summary="The image's file as uploaded",
+        description=_DOWNLOAD_DESCRIPTION,
+        responses=_DOWNLOAD_RESPONSES,
+    )
+    def get(self, request: Request, image_id: uuid.UUID) -> Any:
+        return self.download(image_id)
+
+
+class ImagePreviewView(_ImageFileView):
+    variant = "preview"
+    extra_problem_statuses = {"get": (409,)}
+
+    @extend_schema(
+        operation_id="images_preview",
+        tags=["images"],
+        summary="The 8-bit windowed preview (PNG)",
+        description=_DOWNLOAD_DESCRIPTION + _PENDING_NOTE,
+        responses=_DOWNLOAD_RESPONSES,
+    )
+    def get(self, request: Request, image_id: uuid.UUID) -> Any:
+        return self.download(image_id)
+
+
+class ImageThumbnailView(_ImageFileView):
+    variant = "thumbnail"
+    extra_problem_statuses = {"get": (409,)}
+
+    @extend_schema(
+        operation_id="images_thumbnail",
+        tags=["images"],
+        summary="The thumbnail (JPEG)",
+        description=_DOWNLOAD_DESCRIPTION + _PENDING_NOTE,
+        responses=_DOWNLOAD_RESPONSES,
+    )
+    def get(self, request: Request, image_id: uuid.UUID) -> Any:
+        return self.download(image_id)
