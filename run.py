@@ -52,6 +52,21 @@ def manage(*args: str) -> None:
     subprocess.run([str(PYTHON), str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
 
 
+def asgi_server_arguments(host: str, port: int) -> list[str]:
+    """uvicorn, one process: it streams request bodies to the app with flow control (daphne queues a
+    whole body in memory first), and the embedded default's in-memory channel layer and in-process
+    worker live in that one process."""
+    return [
+        "xcaliber.asgi:application",
+        "--host", host,
+        "--port", str(port),
+        "--lifespan", "off",
+        "--ws", "websockets-sansio",
+        "--no-server-header",
+        "--timeout-graceful-shutdown", "10",
+    ]  # fmt: skip
+
+
 def serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="run.py serve")
     parser.add_argument("--demo", action="store_true", help="seed a demo clinic and print its logins")
@@ -65,10 +80,7 @@ def serve(argv: list[str]) -> int:
         manage("seed_demo")
     log(f"serving HTTP and WebSocket on http://{options.host}:{options.port}/  (API docs: /api/docs/)")
     os.chdir(ROOT)
-    daphne = BIN / "daphne"
-    os.execv(
-        str(daphne), [str(daphne), "-b", options.host, "-p", str(options.port), "xcaliber.asgi:application"]
-    )
+    os.execv(str(BIN / "uvicorn"), [str(BIN / "uvicorn"), *asgi_server_arguments(options.host, options.port)])
     return 0  # not reached
 
 

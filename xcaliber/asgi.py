@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xcaliber.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (after Django is set up)
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
@@ -15,8 +15,11 @@ from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from clinics.records.tasks import images_derivatives_backfill  # noqa: E402
+from xcaliber.asgi_handler import UploadAwareASGIHandler  # noqa: E402
 from xcaliber.lib.background import submit  # noqa: E402
 from xcaliber.routing import UnknownRouteConsumer, websocket_urlpatterns  # noqa: E402
+
+django_asgi_app = UploadAwareASGIHandler()
 
 application = ProtocolTypeRouter(
     {

@@ -76,9 +76,14 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
     )
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database.setdefault("OPTIONS", {})
-    # WAL and a busy timeout let the web process and the in-process worker share the file.
+    # WAL and a busy timeout let the web process and the in-process worker share the file; with WAL,
+    # synchronous=NORMAL stays consistent after a crash and saves an fsync per commit.
     _database["OPTIONS"].update(
-        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
     )
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -86,7 +91,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = _require("REDIS_URL", env_secret("REDIS_URL"))
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.staticfiles",

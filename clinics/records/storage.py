@@ -1,6 +1,6 @@
 """Where image bytes live: generated keys, guarded writes, streamed reads, presigned links.
 
-Keys are ``clinics/<clinic>/studies/<study>/<image>.<ext>`` (and ``.preview.png`` /
+Keys are ``clinics/<clinic>/studies/<study>/<image>.<ext>`` (and ``.preview.jpg`` /
 ``.thumb.jpg`` beside them), built from ids only. The storage is Django's default: local files in the
 embedded mode, django-storages' S3 backend (private, server-side encrypted) in production.
 """

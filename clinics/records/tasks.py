@@ -42,11 +42,11 @@ def image_derivatives_make(image_id: uuid.UUID) -> str:
         )
         return DerivativeStatus.FAILED
     base = dict(clinic_id=image.clinic_id, study_id=image.study_id, image_id=image.id)
-    preview_key = storage.image_key(**base, suffix=".preview.png")
+    preview_key = storage.image_key(**base, suffix=".preview.jpg")
     thumbnail_key = storage.image_key(**base, suffix=".thumb.jpg")
     for key in (preview_key, thumbnail_key):
         default_storage.delete(key)  # a re-run after a crash replaces its own partial output
-    storage.store_bytes(preview_key, made.preview_png, content_type="image/png")
+    storage.store_bytes(preview_key, made.preview_jpeg, content_type="image/jpeg")
     storage.store_bytes(thumbnail_key, made.thumbnail_jpeg, content_type="image/jpeg")
     updated = Image.objects.filter(id=image_id).update(
         preview_status=DerivativeStatus.READY,

@@ -28,7 +28,7 @@ T = TypeVar("T")
 def venv_bin() -> Path:
     """The bin directory of the interpreter running the tests (the project's venv)."""
     here = Path(sys.executable).parent
-    if (here / "daphne").exists():
+    if (here / "uvicorn").exists():
         return here
     return REPO_ROOT / ".venv" / ("Scripts" if os.name == "nt" else "bin")
 

@@ -1,4 +1,4 @@
-"""End to end: the real ASGI server (daphne) in a subprocess, spoken to over HTTP and WebSocket.
+"""End to end: the real ASGI server (uvicorn) in a subprocess, spoken to over HTTP and WebSocket.
 
 Three ways of running it:
 
@@ -47,8 +47,11 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 # --------------------------------------------------------------------------- helpers
 
 
-def daphne_command(port: int) -> list[str]:
-    return [str(venv_bin() / "daphne"), "-b", "127.0.0.1", "-p", str(port), "xcaliber.asgi:application"]
+def asgi_server_command(port: int) -> list[str]:
+    """The ASGI server exactly as ``run.py serve`` starts it."""
+    from run import asgi_server_arguments
+
+    return [str(venv_bin() / "uvicorn"), *asgi_server_arguments("127.0.0.1", port)]
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -56,9 +59,9 @@ def migrate(env: dict[str, str]) -> None:
     run_checked([*manage, "migrate", "--no-input", "-v", "0"], env=env, timeout=120)
 
 
-def start_daphne(name: str, env: dict[str, str], log_dir: Path) -> HttpServer:
+def start_server(name: str, env: dict[str, str], log_dir: Path) -> HttpServer:
     port = free_port()
-    server = HttpServer(name, daphne_command(port), port=port, env=env, log_path=log_dir / f"{name}.log")
+    server = HttpServer(name, asgi_server_command(port), port=port, env=env, log_path=log_dir / f"{name}.log")
     try:
         server.wait_healthy(timeout=30)
     except BaseException:
@@ -129,7 +132,7 @@ def upload_dicom_then_fetch_preview(server: HttpServer, *, via_redirect: bool) -
     assert original.content == data
     preview = requests.get(server.url(ready["links"]["preview"]), headers=headers, timeout=HTTP_TIMEOUT)
     assert preview.status_code == 200
-    assert preview.content.startswith(b"\x89PNG")
+    assert preview.content.startswith(b"\xff\xd8\xff")
     # The bad-input rule holds on a real server too, and it keeps serving.
     bad = requests.post(
         server.url("/api/v1/dicom/"),
@@ -201,7 +204,7 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpSe
     work = tmp_path_factory.mktemp("embedded")
     env = clean_env(XCALIBER_DATA_DIR=str(work / "data"))
     migrate(env)
-    server = start_daphne("daphne-embedded", env, work)
+    server = start_server("uvicorn-embedded", env, work)
     try:
         yield server
     finally:
@@ -272,7 +275,7 @@ def test_embedded_websocket_unknown_path_is_refused(embedded_server: HttpServer,
         pytest.fail(f"the handshake to an unknown path was accepted: {ws.response}")
     assert isinstance(refused.value, InvalidStatus), repr(refused.value)
     # Refused with an HTTP status instead of 101. Without an Origin header AllowedHostsOriginValidator
-    # answers 403; with one, the empty URLRouter raises "No route found" and daphne answers 500 (and logs
+    # answers 403; with one, the router refuses and the server answers an error status (and logs
     # an ERROR traceback) -- a refusal all the same, though a 403/404 would be the tidier answer.
     assert refused.value.response.status_code in {403, 404, 500}, refused.value.response
     # The server survives the refused handshake.
@@ -462,7 +465,7 @@ def production_stack(
         XCALIBER_READYZ_TIMEOUT_SECONDS="2",
     )
     migrate(env)
-    server = start_daphne("daphne-production", env, tmp_path)
+    server = start_server("uvicorn-production", env, tmp_path)
     try:
         yield ProductionStack(server=server, s3=s3_server)
     finally:

@@ -42,11 +42,11 @@ def make_image(study: Study, *, seed: int = 0, with_previews: bool = True) -> Im
     fields: dict[str, object] = {}
     if with_previews:
         fields = {
-            "preview_key": storage.image_key(**base, suffix=".preview.png"),
+            "preview_key": storage.image_key(**base, suffix=".preview.jpg"),
             "thumbnail_key": storage.image_key(**base, suffix=".thumb.jpg"),
             "preview_status": DerivativeStatus.READY,
         }
-        storage.store_bytes(str(fields["preview_key"]), data, content_type="image/png")
+        storage.store_bytes(str(fields["preview_key"]), data, content_type="image/jpeg")
         storage.store_bytes(str(fields["thumbnail_key"]), data, content_type="image/jpeg")
     image = Image.objects.create(
         id=image_id,

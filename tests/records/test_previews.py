@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import requests
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from clinics.records import tasks
+from clinics.records import previews, tasks
 from clinics.records.models import Image
 from clinics.tenancy.models import Role
 from tests.conftest import Cast
@@ -38,9 +39,9 @@ def _upload(cast: Cast, data: bytes, content_type: str, capture: Any) -> Image:
 def _preview_pixels(cast: Cast, image: Image) -> np.ndarray:
     response: Any = cast.client(Role.VIEWER).get(f"/api/v1/images/{image.id}/preview/")
     assert response.status_code == 200, response.content
-    assert response["Content-Type"] == "image/png"
+    assert response["Content-Type"] == "image/jpeg"
     with PILImage.open(io.BytesIO(b"".join(response.streaming_content))) as preview:
-        assert preview.mode == "L"
+        assert (preview.format, preview.mode) == ("JPEG", "L")
         return np.asarray(preview)
 
 
@@ -79,10 +80,44 @@ def test_dicom_window_is_applied_and_monochrome1_is_inverted(
         assert tasks.image_derivatives_make(image.id) == "ready"
         image.refresh_from_db()
         shown[photometric] = _preview_pixels(cast, image).astype(int)
-    assert np.array_equal(shown["MONOCHROME1"], 255 - shown["MONOCHROME2"])
     pattern = corpus.pixel_pattern(256, 320, bits=16, seed=5).astype(float)
-    expected = np.clip(((pattern - 1999.5) / 2999 + 0.5) * 255, 0, 255).astype(int)
-    assert np.abs(shown["MONOCHROME2"] - expected).max() <= 1
+    expected = np.clip(((pattern - 1999.5) / 2999 + 0.5) * 255, 0, 255)
+    # The preview is a JPEG (quality 90): equal to the window up to compression noise.
+    assert np.abs(shown["MONOCHROME2"] - expected).mean() < 2
+    assert np.abs(shown["MONOCHROME1"] - (255 - expected)).mean() < 2
+
+
+@pytest.mark.parametrize(
+    ("window", "rescale"),
+    [
+        ((2000.0, 3000.0), None),
+        ((900.0, 1500.0), (-1024.0, 1.0)),
+        ((40.0, 400.0), (-1024.0, 0.5)),
+        (None, None),
+    ],
+)
+def test_the_display_window_is_exact_before_compression(
+    tmp_path: Path, window: tuple[float, float] | None, rescale: tuple[float, float] | None
+) -> None:
+    """The windowing itself (before JPEG): the DICOM linear window on rescaled values, or percentiles."""
+    path = tmp_path / "a.dcm"
+    path.write_bytes(corpus.dicom_bytes(window=window, rescale=rescale, seed=6, bits=16))
+    stored = corpus.pixel_pattern(256, 320, bits=16, seed=6).astype(np.float64)
+    intercept, slope = rescale or (0.0, 1.0)
+    values = stored * slope + intercept
+    if window is None:
+        low, high = np.percentile(stored, previews.PERCENTILE_WINDOW)
+        expected = np.clip((stored - low) * 255 / (high - low), 0, 255)
+    else:
+        center, width = window
+        expected = np.clip(((values - (center - 0.5)) / (width - 1) + 0.5) * 255, 0, 255)
+    shown = previews.dicom_display(path, 2048).astype(int)
+    assert np.abs(shown - expected.astype(int)).max() <= 1
+    inverted = tmp_path / "b.dcm"
+    inverted.write_bytes(
+        corpus.dicom_bytes(window=window, rescale=rescale, seed=6, bits=16, photometric="MONOCHROME1")
+    )
+    assert np.array_equal(previews.dicom_display(inverted, 2048), 255 - previews.dicom_display(path, 2048))
 
 
 def test_every_transfer_syntax_previews(cast: Cast, django_capture_on_commit_callbacks: Any) -> None:
@@ -163,7 +198,7 @@ def test_with_s3_downloads_redirect_to_short_lived_presigned_urls(
     # Without the signature the object is private.
     assert requests.get(url.split("?", 1)[0], timeout=10).status_code == 403
     preview = requests.get(client.get(f"/api/v1/images/{image.id}/preview/")["Location"], timeout=10)
-    assert preview.headers["Content-Type"] == "image/png"
+    assert preview.headers["Content-Type"] == "image/jpeg"
     with PILImage.open(io.BytesIO(preview.content)) as shown:
         assert shown.mode == "L"
 

@@ -78,7 +78,7 @@ class PatientSummarySerializer(serializers.ModelSerializer[Patient]):
 class ImageLinksSerializer(serializers.Serializer[Image]):
     original = serializers.SerializerMethodField(help_text="Authenticated download of the stored file.")
     preview = serializers.SerializerMethodField(
-        help_text="8-bit windowed PNG, once `preview_status` is ready."
+        help_text="8-bit windowed JPEG, once `preview_status` is ready."
     )
     thumbnail = serializers.SerializerMethodField(help_text="Small JPEG, once `preview_status` is ready.")
 

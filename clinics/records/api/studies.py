@@ -168,7 +168,7 @@ class _ImageFileView(ClinicAPIView):
                 extra={"retry_after": 1},
             )
         if self.variant == "preview":
-            return image.preview_key, "image/png", f"{image.id}.preview.png"
+            return image.preview_key, "image/jpeg", f"{image.id}.preview.jpg"
         return image.thumbnail_key, "image/jpeg", f"{image.id}.thumb.jpg"
 
 
@@ -191,7 +191,7 @@ class ImagePreviewView(_ImageFileView):
     @extend_schema(
         operation_id="images_preview",
         tags=["images"],
-        summary="The 8-bit windowed preview (PNG)",
+        summary="The 8-bit windowed preview (JPEG)",
         description=_DOWNLOAD_DESCRIPTION + _PENDING_NOTE,
         responses=_DOWNLOAD_RESPONSES,
     )

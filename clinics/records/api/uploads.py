@@ -22,12 +22,12 @@ from clinics.records.ingest import services as ingest
 from clinics.records.ingest.receive import (
     RAW_PARSERS,
     StreamingMultiPartParser,
+    adopt_spooled_body,
     discard_uploads,
     received_files,
 )
 from clinics.tenancy.api.base import IDEMPOTENCY_PARAMETER, ClinicAPIView, idempotent_response
 from clinics.tenancy.models import Role
-from xcaliber.lib.problems import Problem
 
 UPLOAD_PROBLEMS = (409, 411, 413, 415, 422)
 RAW_BODY = {
@@ -38,9 +38,7 @@ RAW_BODY = {
 
 
 def _files(request: Request) -> list[Any]:
-    raw_body = request.content_type.split(";")[0].strip() not in {"", "multipart/form-data"}
-    if raw_body and not request.META.get("CONTENT_LENGTH"):
-        raise Problem("Send the file with a Content-Length header.", code="length_required", status=411)
+    adopt_spooled_body(request)
     return received_files(request.data, request.FILES)
 
 

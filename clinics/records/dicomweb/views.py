@@ -8,12 +8,10 @@ specification.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
@@ -33,7 +31,7 @@ from clinics.records.dicomweb.access import (
 from clinics.records.dicomweb.parsers import MultipartRelatedParser
 from clinics.records.dicomweb.query import DicomQuery, parse_query
 from clinics.records.dicomweb.services import dicom_instances_stow, stow_response
-from clinics.records.ingest.receive import ReceivedFile
+from clinics.records.ingest.receive import ReceivedFile, adopt_spooled_body
 from clinics.records.models import Image
 from clinics.records.storage import StoredObjects
 from clinics.tenancy.api.base import ClinicAPIView, idempotent_response
@@ -103,30 +101,8 @@ class DicomWebView(ClinicAPIView):
 # ----------------------------------------------------------------------------------------------------
 
 
-def _adopt_spooled_body(request: Request) -> None:
-    """Give DRF the length of a body that came without Content-Length (chunked) through ASGI.
-
-    Under ASGI Django reads the whole body into a spooled temporary file before the view runs; DRF
-    treats a request without Content-Length as having no body at all. The spooled file's length is the
-    body's true length. Under WSGI a chunked body cannot be read: 411, as for the REST uploads.
-    """
-    if request.META.get("CONTENT_LENGTH"):
-        return
-    django_request = request._request
-    spooled = getattr(django_request, "_stream", None) if isinstance(django_request, ASGIRequest) else None
-    if spooled is None or not spooled.seekable():
-        raise Problem(
-            "Send the body with a Content-Length header (chunked bodies work through the ASGI server only).",
-            code="length_required",
-            status=411,
-        )
-    size = spooled.seek(0, os.SEEK_END)
-    spooled.seek(0)
-    request.META["CONTENT_LENGTH"] = str(size)
-
-
 def _stow_files(request: Request) -> list[ReceivedFile]:
-    _adopt_spooled_body(request)
+    adopt_spooled_body(request)
     options = settings.XCALIBER
     text = str(request.META.get("CONTENT_LENGTH") or "0").strip()
     if not text.isdigit():

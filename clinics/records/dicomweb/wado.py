@@ -9,13 +9,11 @@ derivatives (at most ``PREVIEW_MAX_SIDE`` pixels a side, 8 bits), so they are bu
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import pydicom
 from django.conf import settings
 from django.core.files.storage import default_storage
-from PIL import Image as PILImage
 
 from clinics.records import previews, storage
 from clinics.records.dicomweb.json_model import DicomJSON, element
@@ -36,35 +34,28 @@ def instance_metadata(image: Image) -> DicomJSON:
     return dict(sorted(body.items()))
 
 
-def _preview_png(image: Image) -> bytes:
-    if image.preview_status == DerivativeStatus.READY and image.preview_key:
+def rendered(image: Image, *, media_type: str, quality: int) -> bytes:
+    """The instance as an 8-bit windowed ``image/jpeg`` or ``image/png`` (first frame).
+
+    A JPEG at the preview's quality is the stored preview when it is ready; PNG (lossless) and other
+    qualities are rendered now from the stored file, never from the lossy preview, and not stored.
+    """
+    if (
+        media_type == "image/jpeg"
+        and quality == previews.PREVIEW_QUALITY
+        and image.preview_status == DerivativeStatus.READY
+        and image.preview_key
+    ):
         with default_storage.open(image.preview_key, "rb") as handle:
             data: bytes = handle.read()
         return data
-    options = settings.XCALIBER
     try:
         with storage.local_copy(image.storage_key) as path:
-            made = previews.render(
-                path,
-                image.source,
-                preview_side=options["PREVIEW_MAX_SIDE"],
-                thumbnail_side=options["THUMBNAIL_MAX_SIDE"],
-            )
+            shown = previews.display_image(path, image.source, max_side=settings.XCALIBER["PREVIEW_MAX_SIDE"])
     except Exception as exc:  # any decoder error: the instance stays retrievable, it just cannot be shown
         raise Problem(
             f"This instance could not be rendered: {type(exc).__name__}: {exc}"[:300],
             code="render_failed",
             status=409,
         ) from None
-    return made.preview_png
-
-
-def rendered(image: Image, *, media_type: str, quality: int) -> bytes:
-    """The instance as an 8-bit windowed ``image/png`` or ``image/jpeg`` (first frame)."""
-    png = _preview_png(image)
-    if media_type == "image/png":
-        return png
-    with PILImage.open(io.BytesIO(png), formats=["PNG"]) as picture:
-        buffer = io.BytesIO()
-        picture.convert("L").save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+    return previews.encode(shown, media_type=media_type, quality=quality)

@@ -20,6 +20,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
+from django.core.handlers.asgi import ASGIRequest
 from rest_framework.parsers import BaseParser, MultiPartParser
 
 from xcaliber.lib.problems import Problem
@@ -209,9 +210,94 @@ class RawFileParser(BaseParser):
         if stream is None:
             return {}
         content_type = (media_type or "").split(";", 1)[0].strip().lower()
-        received = receive_stream(stream, limit=limit, content_type=content_type, filename=filename)
+        body = getattr(request._request, "_stream", None)
+        if isinstance(body, HashedBody) and body.overflow:
+            raise too_large(limit)
+        received = None
+        if isinstance(body, HashedBody) and body.tell() == 0:
+            received = body.adopt(content_type=content_type, filename=filename)
+        if received is None:
+            received = receive_stream(stream, limit=limit, content_type=content_type, filename=filename)
         _tracked(request).append(received.path)
         return {"file": received}
+
+
+class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
+    """A request body as the ASGI server delivers it: hashed and counted as it arrives, spilled to a
+    *named* file in the upload directory past ``max_size``, and capped at ``limit`` bytes (the rest is
+    dropped and ``overflow`` set, so a too-large upload cannot fill the disk before it is refused).
+
+    A raw upload's parser adopts the spilled file as the received file: the body is written to disk
+    once and hashed once, instead of being spooled by Django and then copied and hashed again.
+    """
+
+    def __init__(self, *, max_size: int, limit: int, directory: Path) -> None:
+        super().__init__(max_size=max_size, mode="w+b", dir=str(directory))
+        self.limit = limit
+        self.size = 0
+        self.overflow = False
+        self.path: Path | None = None
+        self._digest = hashlib.sha256()
+        self._adopted = False
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.size + len(data) > self.limit:
+            self.overflow = True
+            data = data[: max(0, self.limit - self.size)]
+        self.size += len(data)
+        self._digest.update(data)
+        return super().write(data)
+
+    def rollover(self) -> None:
+        # SpooledTemporaryFile's private state (stable since 3.x): ``_rolled``, ``_file`` (a BytesIO until
+        # rolled over), ``_TemporaryFileArgs``. Rolled to a named file here instead of an anonymous one.
+        state: Any = self
+        if state._rolled:
+            return
+        in_memory = state._file
+        fd, name = tempfile.mkstemp(prefix="body-", dir=state._TemporaryFileArgs["dir"])
+        state._file = os.fdopen(fd, "w+b")
+        self.path = Path(name)
+        state._file.write(in_memory.getvalue())
+        state._file.seek(in_memory.tell(), 0)
+        state._rolled = True
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def adopt(self, *, content_type: str, filename: str) -> ReceivedFile | None:
+        """The spilled body as a received file that outlives the request (None if it stayed in memory)."""
+        if self.path is None or self.overflow:
+            return None
+        self._file.flush()
+        self._adopted = True
+        return ReceivedFile(
+            path=self.path,
+            size=self.size,
+            sha256=self.sha256,
+            filename=display_filename(filename),
+            content_type=content_type,
+        )
+
+    def close(self) -> None:
+        super().close()
+        if self.path is not None and not self._adopted:
+            self.path.unlink(missing_ok=True)
+
+
+RAW_MEDIA_TYPES = frozenset({"application/dicom", "image/jpeg", "image/png", "application/octet-stream"})
+
+
+def hashed_body_for(content_type: str) -> HashedBody | None:
+    """The body file for a request: a :class:`HashedBody` for raw file uploads, else None (Django's own)."""
+    if content_type.split(";", 1)[0].strip().lower() not in RAW_MEDIA_TYPES:
+        return None
+    return HashedBody(
+        max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE,
+        limit=settings.XCALIBER["MAX_UPLOAD_BYTES"],
+        directory=upload_temp_dir(),
+    )
 
 
 class DicomParser(RawFileParser):
@@ -231,6 +317,28 @@ class OctetStreamParser(RawFileParser):
 
 
 RAW_PARSERS = (DicomParser, JpegParser, PngParser, OctetStreamParser)
+
+
+def adopt_spooled_body(request: Any) -> None:
+    """Give DRF the length of a body that came without Content-Length (chunked) through ASGI.
+
+    Under ASGI Django reads the whole body into a spooled temporary file before the view runs; DRF
+    treats a request without Content-Length as having no body at all. The spooled file's length is the
+    body's true length. Under WSGI a chunked body cannot be read: 411, as for the REST uploads.
+    """
+    if request.META.get("CONTENT_LENGTH"):
+        return
+    django_request = request._request
+    spooled = getattr(django_request, "_stream", None) if isinstance(django_request, ASGIRequest) else None
+    if spooled is None or not spooled.seekable():
+        raise Problem(
+            "Send the body with a Content-Length header (chunked bodies work through the ASGI server only).",
+            code="length_required",
+            status=411,
+        )
+    size = spooled.seek(0, os.SEEK_END)
+    spooled.seek(0)
+    request.META["CONTENT_LENGTH"] = str(size)
 
 
 def received_files(data: Any, files: Any) -> list[ReceivedFile]:

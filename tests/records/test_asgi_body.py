@@ -1,0 +1,121 @@
+"""Raw uploads through the ASGI handler the servers run: the body is hashed and spilled as it arrives,
+and the upload adopts that file (one write, one hash); past the size cap nothing more is written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
+from django.core.files.storage import default_storage
+
+from clinics.records.models import Image
+from clinics.tenancy.models import Role
+from clinics.tenancy.services import api_key_create
+from tests.conftest import Cast
+from tests.records import corpus
+from xcaliber.asgi_handler import UploadAwareASGIHandler
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _post(cast: Cast, body: bytes, content_type: str, chunk: int = 65536) -> tuple[int, bytes]:
+    key = api_key_create(clinic=cast.clinic, name="bridge", role=Role.TECHNICIAN).key
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/dicom/",
+        "raw_path": b"/api/v1/dicom/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Api-Key {key}".encode()),
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    handler = UploadAwareASGIHandler()
+
+    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # The handler minus its per-request thread: the view runs on this test's database connection.
+        await handler.handle(scope, receive, send)
+
+    async def exchange() -> tuple[int, bytes]:
+        communicator = ApplicationCommunicator(application, scope)
+        for start in range(0, len(body), chunk):
+            await communicator.send_input(
+                {"type": "http.request", "body": body[start : start + chunk], "more_body": True}
+            )
+        await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+        head = await communicator.receive_output(30)
+        content = b""
+        while True:
+            message = await communicator.receive_output(30)
+            content += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        return head["status"], content
+
+    return async_to_sync(exchange)()
+
+
+def _uploads_left(settings: Any) -> list[str]:
+    return os.listdir(Path(settings.FILE_UPLOAD_TEMP_DIR))
+
+
+def test_a_raw_dicom_body_is_stored_from_the_spilled_file(
+    cast: Cast, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.XCALIBER_BACKGROUND = "inline"
+
+    def no_second_copy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the body was copied again instead of adopted")
+
+    monkeypatch.setattr("clinics.records.ingest.receive.receive_stream", no_second_copy)
+    data = corpus.dicom_bytes(rows=1024, columns=1024, seed=3)  # 2 MB: past the in-memory threshold
+    assert len(data) > settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+    status, content = _post(cast, data, "application/dicom")
+    assert status == 201, content[:500]
+    image = Image.objects.get()
+    assert image.sha256 == hashlib.sha256(data).hexdigest()
+    assert image.size_bytes == len(data)
+    with default_storage.open(image.storage_key, "rb") as handle:
+        assert handle.read() == data
+    assert _uploads_left(settings) == []
+
+
+def test_a_small_raw_body_stays_in_memory_and_is_stored_too(cast: Cast, settings: Any) -> None:
+    settings.XCALIBER_BACKGROUND = "inline"
+    data = corpus.dicom_bytes(rows=64, columns=64, seed=4)
+    status, content = _post(cast, data, "application/dicom", chunk=1000)
+    assert status == 201, content[:500]
+    assert Image.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+    assert _uploads_left(settings) == []
+
+
+def test_a_body_past_the_cap_is_413_and_nothing_stays_on_disk(cast: Cast, settings: Any) -> None:
+    settings.XCALIBER = {**settings.XCALIBER, "MAX_UPLOAD_BYTES": 1024 * 1024}
+    data = corpus.dicom_bytes(rows=1024, columns=1024, seed=5)
+    status, content = _post(cast, data, "application/dicom")
+    assert status == 413, content[:500]
+    assert b"file_too_large" in content
+    assert Image.objects.count() == 0
+    assert _uploads_left(settings) == []
+
+
+def test_a_bad_raw_body_leaves_no_spilled_file(cast: Cast, settings: Any) -> None:
+    data = corpus.dicom_without_pixels() + b"\0" * (3 * 1024 * 1024)
+    status, content = _post(cast, data, "application/dicom")
+    assert 400 <= status < 500, content[:500]
+    assert Image.objects.count() == 0
+    assert _uploads_left(settings) == []
