@@ -12,12 +12,13 @@ import requests
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from clinics.records import previews, tasks
+from clinics.records import tasks
 from clinics.records.models import Image
 from clinics.tenancy.models import Role
 from tests.conftest import Cast
 from tests.records import corpus
 from tests.records.factories import make_study, stored_keys
+from xcaliber.lib import radiograph
 
 pytestmark = pytest.mark.django_db
 
@@ -106,18 +107,20 @@ def test_the_display_window_is_exact_before_compression(
     intercept, slope = rescale or (0.0, 1.0)
     values = stored * slope + intercept
     if window is None:
-        low, high = np.percentile(stored, previews.PERCENTILE_WINDOW)
+        low, high = np.percentile(stored, radiograph.PERCENTILE_WINDOW)
         expected = np.clip((stored - low) * 255 / (high - low), 0, 255)
     else:
         center, width = window
         expected = np.clip(((values - (center - 0.5)) / (width - 1) + 0.5) * 255, 0, 255)
-    shown = previews.dicom_display(path, 2048).astype(int)
+    shown = radiograph.dicom_display(path, 2048).astype(int)
     assert np.abs(shown - expected.astype(int)).max() <= 1
     inverted = tmp_path / "b.dcm"
     inverted.write_bytes(
         corpus.dicom_bytes(window=window, rescale=rescale, seed=6, bits=16, photometric="MONOCHROME1")
     )
-    assert np.array_equal(previews.dicom_display(inverted, 2048), 255 - previews.dicom_display(path, 2048))
+    assert np.array_equal(
+        radiograph.dicom_display(inverted, 2048), 255 - radiograph.dicom_display(path, 2048)
+    )
 
 
 def test_every_transfer_syntax_previews(cast: Cast, django_capture_on_commit_callbacks: Any) -> None:
