@@ -8,7 +8,9 @@ calls it as:
 * an anonymous caller: 401 unless the route is public;
 * another clinic's owner (bearer token) and another clinic's admin API key:
   404 for a route naming clinic A's object, with the same body as a random id;
-  for collection routes, a response that holds nothing of clinic A;
+  for collection routes, a response that holds nothing of clinic A; for a
+  ``shared`` route (reference data such as the findings vocabulary, the same for
+  every clinic), 200 with exactly the body clinic A's own owner gets;
 * the role just below the method's minimum (or a deactivated member when the
   minimum is ``viewer``): 403.
 
@@ -97,6 +99,10 @@ def _api_key(cast: Cast) -> dict[str, Any]:
     return {"api_key_id": api_key_create(clinic=cast.clinic, name="bridge", role=Role.VET).api_key.id}
 
 
+def _finding(cast: Cast) -> dict[str, Any]:
+    return {"code": "cardiomegaly"}
+
+
 def _dicom_image(cast: Cast) -> Image:
     """A small DICOM instance of clinic A, stored through the ingest service (file and rows)."""
     data = dicom_bytes(rows=32, columns=40, bits=8)
@@ -134,6 +140,9 @@ class Route:
     # Methods for which an id in the path may name a new object (STOW-RS into a study UID): another
     # clinic's id must then get exactly what a random id gets, which need not be a 404.
     may_create: frozenset[str] = frozenset()
+    # Not tenant data (the findings vocabulary): every authenticated clinic caller gets the same answer, so
+    # another clinic's caller must get 200 and exactly what clinic A's owner gets, never a 404.
+    shared: bool = False
 
 
 ROUTES: dict[str, Route] = {
@@ -202,6 +211,8 @@ ROUTES: dict[str, Route] = {
     "dicomweb-instance-metadata": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
     "dicomweb-instance-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
     "dicomweb-frame-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
+    "finding-list": Route("clinic", {"get": Role.VIEWER}, shared=True),
+    "finding-detail": Route("clinic", {"get": Role.VIEWER}, _finding, shared=True),
 }
 
 # Routes outside the API, each with the reason it needs no tenancy check.
@@ -355,7 +366,9 @@ def test_sweep(cast: Cast, anon: Any, name: str, method: str, caller: str) -> No
             if ident in url:
                 continue  # the id the caller sent may be echoed back
             assert ident not in body_text, f"{caller} saw clinic A's {ident} at {method.upper()} {url}"
-        if kwargs:
+        if route.shared:
+            _assert_shared(cast, route, method, url, pattern_route, response, client)
+        elif kwargs:
             creates = method in route.may_create
             assert creates or response.status_code == 404, response.content
             owner = cast.client(Role.OWNER)
@@ -376,6 +389,22 @@ def test_sweep(cast: Cast, anon: Any, name: str, method: str, caller: str) -> No
         assert response.json()["code"] == expect
     if kwargs or caller not in {"outsider", "outsider_key"}:
         assert _snapshot(cast) == before, f"{caller} changed clinic A through {method.upper()} {url}"
+
+
+def _assert_shared(
+    cast: Cast, route: Route, method: str, url: str, pattern_route: str, response: Any, client: Any
+) -> None:
+    """A shared route answers another clinic exactly as it answers clinic A; a random id is 404 to both."""
+    assert method == "get", "only reads can be shared: a write always belongs to one clinic"
+    assert response.status_code == 200, response.content
+    own = _call(cast.client(Role.OWNER), method, url)
+    assert own.status_code == 200, own.content
+    assert response.json() == own.json()
+    if PARAMETER.search(pattern_route):
+        random_url = _fill(pattern_route, _random_values(pattern_route))
+        theirs, ours = _call(client, method, random_url), _call(cast.client(Role.OWNER), method, random_url)
+        assert theirs.status_code == ours.status_code == 404, (theirs.content, ours.content)
+        assert _normalise(theirs.json(), [random_url]) == _normalise(ours.json(), [random_url])
 
 
 def _caller(cast: Cast, anon: Any, route: Route, method: str, caller: str) -> tuple[Any, str]:

@@ -1,0 +1,1 @@
+"""The AI model package (phantoms, preprocessing, the torch network); it imports no Django."""
