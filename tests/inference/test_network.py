@@ -11,25 +11,20 @@ import pytest
 import torch
 from torch import nn
 
+from inference.model.calibration import auroc, choose_thresholds, fit_temperature, metrics
+from inference.model.gradcam import gradcam
 from inference.model.network import (
     LONG_AXIS,
     REFERENCE_POINTS,
     SHORT_AXIS,
-    ChecksumMismatchError,
     ModelConfig,
     NetOutput,
-    Predictor,
     XCaliberNet,
-    auroc,
     build_model,
-    choose_thresholds,
-    fit_temperature,
-    gradcam,
-    metrics,
     seed_everything,
     training_loss,
-    vhs_from_prediction,
 )
+from inference.model.predictor import ChecksumMismatchError, Predictor, vhs_from_prediction
 from inference.model.preprocess import Letterbox, to_batch
 
 VHS_POINTS = (*LONG_AXIS, *SHORT_AXIS, *REFERENCE_POINTS)
