@@ -18,6 +18,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from clinics.tenancy.models import ApiKey, Clinic, Membership, Role, User
 from clinics.tenancy.services import api_key_create
+from xcaliber import settings as project_settings
 
 PASSWORD = "correct horse battery staple"
 
@@ -194,33 +195,18 @@ class S3Bucket:
 @pytest.fixture
 def s3_storage(settings: Any, moto_server: MotoServer) -> S3Bucket:
     """Default storage switched to a fresh bucket on the moto server, configured as production does."""
-    from botocore.config import Config  # type: ignore[import-untyped,unused-ignore]
-
     bucket = f"xc-test-{secrets.token_hex(6)}"
     moto_server.client().create_bucket(Bucket=bucket)
     settings.STORAGES = {
         **settings.STORAGES,
-        "default": {
-            "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {
-                "bucket_name": bucket,
-                "endpoint_url": moto_server.endpoint,
-                "region_name": "us-east-1",
-                "access_key": "testing",
-                "secret_key": "testing",
-                "default_acl": None,
-                "querystring_auth": True,
-                "file_overwrite": False,
-                "object_parameters": {"ServerSideEncryption": "AES256"},
-                "max_memory_size": 1024 * 1024,
-                "client_config": Config(
-                    signature_version="s3v4",
-                    s3={"addressing_style": "path"},
-                    connect_timeout=5,
-                    read_timeout=30,
-                    retries={"max_attempts": 2},
-                ),
-            },
-        },
+        "default": project_settings.s3_storage(
+            bucket=bucket,
+            endpoint_url=moto_server.endpoint,
+            region="us-east-1",
+            access_key="testing",
+            secret_key="testing",
+            addressing_style="path",
+            max_attempts=2,
+        ),
     }
     return S3Bucket(moto_server, bucket)

@@ -30,6 +30,8 @@ application = ProtocolTypeRouter(
     }
 )
 
-if settings.XCALIBER_BACKGROUND == "thread":
-    # Previews queued in memory before a restart were lost with the process: make them now.
+if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
+    # Previews queued in memory before a restart were lost with the one embedded process: make them now.
+    # Several production processes would each render the same backlog; there the operator runs
+    # ``manage.py images_previews_backfill`` once (the CPU worker takes this over with the queue).
     submit(images_derivatives_backfill)

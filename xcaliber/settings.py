@@ -143,17 +143,29 @@ STATIC_ROOT = DATA_DIR / "static" if PRODUCTION else None
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = False
 
+
 # Files: local disk by default, S3 (or any S3-protocol server) when a bucket is named.
-S3_BUCKET = env_str("XCALIBER_S3_BUCKET", "")
-if S3_BUCKET:
-    _default_storage: dict[str, Any] = {
+def s3_storage(
+    *,
+    bucket: str,
+    endpoint_url: str | None,
+    region: str,
+    access_key: str | None,
+    secret_key: str | None,
+    addressing_style: str = "auto",
+    connect_timeout: int = 5,
+    read_timeout: int = 30,
+    max_attempts: int = 3,
+) -> dict[str, Any]:
+    """The storage entry for a private, encrypted S3 bucket (the tests build theirs with it too)."""
+    return {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
-            "bucket_name": S3_BUCKET,
-            "endpoint_url": env_str("XCALIBER_S3_ENDPOINT_URL", "") or None,
-            "region_name": env_str("XCALIBER_S3_REGION", "us-east-1"),
-            "access_key": env_secret("XCALIBER_S3_ACCESS_KEY_ID"),
-            "secret_key": env_secret("XCALIBER_S3_SECRET_ACCESS_KEY"),
+            "bucket_name": bucket,
+            "endpoint_url": endpoint_url,
+            "region_name": region,
+            "access_key": access_key,
+            "secret_key": secret_key,
             "default_acl": None,
             "querystring_auth": True,
             "file_overwrite": False,
@@ -165,20 +177,28 @@ if S3_BUCKET:
             # addressing_style options: they belong in the config itself.
             "client_config": BotoConfig(
                 signature_version="s3v4",
-                s3={
-                    "addressing_style": env_choice(
-                        "XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"
-                    )
-                },
-                connect_timeout=env_int("XCALIBER_S3_CONNECT_TIMEOUT", 5, minimum=1),
-                read_timeout=env_int("XCALIBER_S3_READ_TIMEOUT", 30, minimum=1),
-                retries={
-                    "max_attempts": env_int("XCALIBER_S3_MAX_ATTEMPTS", 3, minimum=1),
-                    "mode": "standard",
-                },
+                s3={"addressing_style": addressing_style},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": max_attempts, "mode": "standard"},
             ),
         },
     }
+
+
+S3_BUCKET = env_str("XCALIBER_S3_BUCKET", "")
+if S3_BUCKET:
+    _default_storage = s3_storage(
+        bucket=S3_BUCKET,
+        endpoint_url=env_str("XCALIBER_S3_ENDPOINT_URL", "") or None,
+        region=env_str("XCALIBER_S3_REGION", "us-east-1"),
+        access_key=env_secret("XCALIBER_S3_ACCESS_KEY_ID"),
+        secret_key=env_secret("XCALIBER_S3_SECRET_ACCESS_KEY"),
+        addressing_style=env_choice("XCALIBER_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"),
+        connect_timeout=env_int("XCALIBER_S3_CONNECT_TIMEOUT", 5, minimum=1),
+        read_timeout=env_int("XCALIBER_S3_READ_TIMEOUT", 30, minimum=1),
+        max_attempts=env_int("XCALIBER_S3_MAX_ATTEMPTS", 3, minimum=1),
+    )
 else:
     _default_storage = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",

@@ -75,14 +75,8 @@ _ENCRYPTION_FIELDS = {
 }
 
 
-def _setting(name: str) -> int:
-    value = settings.XCALIBER[name]
-    assert isinstance(value, int), f"XCALIBER[{name!r}] must be an int"
-    return value
-
-
 def direct_upload_ttl() -> timedelta:
-    return timedelta(seconds=_setting("DIRECT_UPLOAD_TTL_SECONDS"))
+    return timedelta(seconds=settings.XCALIBER["DIRECT_UPLOAD_TTL_SECONDS"])
 
 
 def uploads_prefix(*, clinic_id: uuid.UUID) -> str:
@@ -238,7 +232,7 @@ def direct_upload_create(
     bucket = _bucket()
     if bucket is None:
         raise _unavailable()
-    limit = _setting("MAX_UPLOAD_BYTES")
+    limit = settings.XCALIBER["MAX_UPLOAD_BYTES"]
     if size > limit:
         raise too_large(limit)
     if size < 1:

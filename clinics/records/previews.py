@@ -24,8 +24,6 @@ THUMBNAIL_QUALITY = 85
 class Derivatives:
     preview_jpeg: bytes
     thumbnail_jpeg: bytes
-    width: int
-    height: int
 
 
 def _fit(image: PILImage.Image, max_side: int) -> PILImage.Image:
@@ -59,6 +57,4 @@ def render(path: Path, source: str, *, preview_side: int, thumbnail_side: int) -
     return Derivatives(
         preview_jpeg=encode(preview, media_type="image/jpeg", quality=PREVIEW_QUALITY),
         thumbnail_jpeg=encode(thumbnail, media_type="image/jpeg", quality=THUMBNAIL_QUALITY),
-        width=preview.width,
-        height=preview.height,
     )

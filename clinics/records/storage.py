@@ -53,6 +53,10 @@ def store_file(key: str, path: Path, *, content_type: str) -> None:
         saved = default_storage.save(
             key, _ConsumedFile(handle, name=key, path=path, content_type=content_type)
         )
+    _refuse_renamed(key, saved)
+
+
+def _refuse_renamed(key: str, saved: str) -> None:
     if saved != key:  # keys carry fresh UUIDs, so a clash means a bug; never keep a renamed copy
         default_storage.delete(saved)
         raise RuntimeError(f"storage renamed {key} to {saved}")
@@ -61,10 +65,7 @@ def store_file(key: str, path: Path, *, content_type: str) -> None:
 def store_bytes(key: str, data: bytes, *, content_type: str) -> None:
     content = ContentFile(data, name=key)
     content.content_type = content_type  # type: ignore[attr-defined]
-    saved = default_storage.save(key, content)
-    if saved != key:
-        default_storage.delete(saved)
-        raise RuntimeError(f"storage renamed {key} to {saved}")
+    _refuse_renamed(key, default_storage.save(key, content))
 
 
 def delete_keys(keys: Iterable[str]) -> list[str]:

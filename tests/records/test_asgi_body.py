@@ -9,64 +9,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
-from asgiref.testing import ApplicationCommunicator
 from django.core.files.storage import default_storage
 
 from clinics.records.models import Image
 from clinics.tenancy.models import Role
 from clinics.tenancy.services import api_key_create
+from tests.asgi import asgi_post
 from tests.conftest import Cast
 from tests.records import corpus
-from xcaliber.asgi_handler import UploadAwareASGIHandler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _post(cast: Cast, body: bytes, content_type: str, chunk: int = 65536) -> tuple[int, bytes]:
     key = api_key_create(clinic=cast.clinic, name="bridge", role=Role.TECHNICIAN).key
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/v1/dicom/",
-        "raw_path": b"/api/v1/dicom/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
+    status, _, content = asgi_post(
+        "/api/v1/dicom/",
+        headers=[
             (b"authorization", f"Api-Key {key}".encode()),
             (b"content-type", content_type.encode()),
             (b"content-length", str(len(body)).encode()),
         ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    handler = UploadAwareASGIHandler()
-
-    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        # The handler minus its per-request thread: the view runs on this test's database connection.
-        await handler.handle(scope, receive, send)
-
-    async def exchange() -> tuple[int, bytes]:
-        communicator = ApplicationCommunicator(application, scope)
-        for start in range(0, len(body), chunk):
-            await communicator.send_input(
-                {"type": "http.request", "body": body[start : start + chunk], "more_body": True}
-            )
-        await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
-        head = await communicator.receive_output(30)
-        content = b""
-        while True:
-            message = await communicator.receive_output(30)
-            content += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        return head["status"], content
-
-    return async_to_sync(exchange)()
+        body=body,
+        chunk=chunk,
+    )
+    return status, content
 
 
 def _uploads_left(settings: Any) -> list[str]:

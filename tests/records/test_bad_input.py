@@ -78,27 +78,33 @@ def _multipart(cast: Cast, study: Study, name: str, data: bytes, content_type: s
 
 @pytest.mark.parametrize("case", sorted(RASTER_CASES))
 def test_each_bad_file_is_refused_by_name_and_leaves_nothing(
-    cast: Cast, study: Study, problem, case: str
+    cast: Cast, study: Study, problem, case: str, django_capture_on_commit_callbacks: Any
 ) -> None:
     make, content_type, status, code = RASTER_CASES[case]
     before = _state(study)
-    response = _multipart(
-        cast, study, f"{case}.bin", make(), content_type, HTTP_IDEMPOTENCY_KEY=f"bad-{case}"
-    )
+    with django_capture_on_commit_callbacks() as queued:
+        response = _multipart(
+            cast, study, f"{case}.bin", make(), content_type, HTTP_IDEMPOTENCY_KEY=f"bad-{case}"
+        )
     body = problem(response, status, code)
     assert body["detail"]
     assert _state(study) == before
+    assert queued == []  # no preview, nor any other work, was queued
 
 
 @pytest.mark.parametrize("case", sorted(c for c in RASTER_CASES if RASTER_CASES[c][1] == "application/dicom"))
 def test_bad_dicom_as_a_raw_body_is_refused_the_same_way(
-    cast: Cast, study: Study, problem, case: str
+    cast: Cast, study: Study, problem, case: str, django_capture_on_commit_callbacks: Any
 ) -> None:
     make, _, status, code = RASTER_CASES[case]
     before = _state(study)
-    response = cast.client(Role.TECHNICIAN).post("/api/v1/dicom/", make(), content_type="application/dicom")
+    with django_capture_on_commit_callbacks() as queued:
+        response = cast.client(Role.TECHNICIAN).post(
+            "/api/v1/dicom/", make(), content_type="application/dicom"
+        )
     problem(response, status, code)
     assert _state(study) == before
+    assert queued == []
 
 
 @pytest.mark.parametrize("name", sorted(corpus.malformed_pydicom_files()))

@@ -18,10 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from asgiref.sync import async_to_sync
-from asgiref.testing import ApplicationCommunicator
 from dicomweb_client.api import DICOMwebClient
-from django.core.handlers.asgi import ASGIHandler
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from PIL import Image as PILImage
@@ -32,6 +29,7 @@ from clinics.records.dicomweb.parsers import read_parts
 from clinics.records.models import DerivativeStatus, Image, Patient, Study
 from clinics.tenancy.models import Clinic, Role, User
 from clinics.tenancy.services import api_key_create
+from tests.asgi import asgi_post
 from tests.conftest import Cast, S3Bucket
 from tests.records.corpus import (
     LOSSLESS_SYNTAXES,
@@ -818,50 +816,16 @@ def test_chunked_stow_through_asgi(cast: Cast, settings: Any) -> None:
     """
     dataset = instance()
     body = multipart([("application/dicom", part10(dataset))])
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/dicom-web/studies",
-        "raw_path": b"/dicom-web/studies",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
+    status, headers, content = asgi_post(
+        "/dicom-web/studies",
+        headers=[
             (b"authorization", bearer(cast.members[Role.TECHNICIAN].user).encode()),
             (b"content-type", f"{MULTIPART_DICOM}; boundary=xcaliber-test-boundary".encode()),
             (b"transfer-encoding", b"chunked"),
         ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-
-    handler = ASGIHandler()
-
-    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        # ASGIHandler.__call__ minus its per-request thread: the view then runs in this test's thread,
-        # on this test's database connection, and leaves no connection open behind it.
-        await handler.handle(scope, receive, send)
-
-    async def exchange() -> tuple[int, dict[bytes, bytes], bytes]:
-        communicator = ApplicationCommunicator(application, scope)
-        for start in range(0, len(body), 4096):
-            await communicator.send_input(
-                {"type": "http.request", "body": body[start : start + 4096], "more_body": True}
-            )
-        await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
-        head = await communicator.receive_output(30)
-        content = b""
-        while True:
-            message = await communicator.receive_output(30)
-            content += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        return head["status"], dict(head["headers"]), content
-
-    status, headers, content = async_to_sync(exchange)()
+        body=body,
+        chunk=4096,
+    )
 
     assert status == 200, content[:500]
     assert headers[b"Content-Type"] == DICOM_JSON.encode()

@@ -51,8 +51,3 @@ def run_after_commit(task: Callable[..., Any], *args: Any) -> None:
 
 def submit(task: Callable[..., Any], *args: Any) -> Future[None]:
     return _pool().submit(_run, task, args)
-
-
-def drain(timeout: float = 30.0) -> None:
-    """Wait until every task submitted so far has finished (for tests and clean shutdown)."""
-    _pool().submit(lambda: None).result(timeout=timeout)

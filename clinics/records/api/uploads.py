@@ -12,6 +12,7 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -26,6 +27,7 @@ from clinics.records.ingest.receive import (
     discard_uploads,
     received_files,
 )
+from clinics.records.ingest.services import Stored
 from clinics.tenancy.api.base import IDEMPOTENCY_PARAMETER, ClinicAPIView, idempotent_response
 from clinics.tenancy.models import Role
 
@@ -54,10 +56,24 @@ def _created_status(created: list[bool]) -> int:
     return status.HTTP_201_CREATED if any(created) else status.HTTP_200_OK
 
 
-class StudyImagesView(ClinicAPIView):
-    required_roles = {"post": Role.TECHNICIAN}
-    parser_classes = (StreamingMultiPartParser, *RAW_PARSERS)
+def _stored_image(stored: Stored) -> dict[str, Any]:
+    """An image as ``StoredImageOutputSerializer`` describes it: the image and whether it is new."""
+    return {**s.ImageOutputSerializer(stored.image).data, "created": stored.created}
+
+
+class _UploadView(ClinicAPIView):
+    """Takes files; whatever the handler did, the request's temporary upload files go when it ends."""
+
+    parser_classes: tuple[type[BaseParser], ...] = (StreamingMultiPartParser, *RAW_PARSERS)
     extra_problem_statuses = {"post": UPLOAD_PROBLEMS}
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        discard_uploads(request)
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+class StudyImagesView(_UploadView):
+    required_roles = {"post": Role.TECHNICIAN}
 
     @extend_schema(
         operation_id="studies_images_add",
@@ -73,30 +89,25 @@ class StudyImagesView(ClinicAPIView):
         responses={201: s.ImagesAddedOutputSerializer, 200: s.ImagesAddedOutputSerializer},
     )
     def post(self, request: Request, study_id: uuid.UUID) -> Response:
-        try:
-            study = access_study(actor=self.actor, study_id=study_id)
-            files = _files(request)
-            options = s.ImageViewInputSerializer(data=_form_fields(request))
-            options.is_valid(raise_exception=True)
+        study = access_study(actor=self.actor, study_id=study_id)
+        files = _files(request)
+        options = s.ImageViewInputSerializer(data=_form_fields(request))
+        options.is_valid(raise_exception=True)
 
-            def perform() -> tuple[int, Any]:
-                stored = ingest.images_add(
-                    actor=self.actor, study=study, files=files, view=options.validated_data.get("view", "")
-                )
-                fresh = selectors.study_list(clinic=self.actor.clinic).get(id=study.id)
-                images = [{**s.ImageOutputSerializer(r.image).data, "created": r.created} for r in stored]
-                body = {"study": s.StudyOutputSerializer(fresh).data, "images": images}
-                return _created_status([r.created for r in stored]), body
+        def perform() -> tuple[int, Any]:
+            stored = ingest.images_add(
+                actor=self.actor, study=study, files=files, view=options.validated_data.get("view", "")
+            )
+            fresh = selectors.study_list(clinic=self.actor.clinic).get(id=study.id)
+            images = [{**s.ImageOutputSerializer(r.image).data, "created": r.created} for r in stored]
+            body = {"study": s.StudyOutputSerializer(fresh).data, "images": images}
+            return _created_status([r.created for r in stored]), body
 
-            return idempotent_response(self, perform)
-        finally:
-            discard_uploads(request)
+        return idempotent_response(self, perform)
 
 
-class DicomInstancesView(ClinicAPIView):
+class DicomInstancesView(_UploadView):
     required_roles = {"post": Role.TECHNICIAN}
-    parser_classes = (StreamingMultiPartParser, *RAW_PARSERS)
-    extra_problem_statuses = {"post": UPLOAD_PROBLEMS}
 
     @extend_schema(
         operation_id="dicom_instances_store",
@@ -117,30 +128,26 @@ class DicomInstancesView(ClinicAPIView):
         responses={201: s.DicomInstancesOutputSerializer, 200: s.DicomInstancesOutputSerializer},
     )
     def post(self, request: Request) -> Response:
-        try:
-            files = _files(request)
+        files = _files(request)
 
-            def perform() -> tuple[int, Any]:
-                stored = ingest.dicom_instances_store(actor=self.actor, files=files)
-                instances = [
-                    {
-                        "patient": s.PatientSummarySerializer(r.patient).data,
-                        "study": str(r.study.id),
-                        "image": {**s.ImageOutputSerializer(r.image).data, "created": r.created},
-                    }
-                    for r in stored
-                ]
-                return _created_status([r.created for r in stored]), {"instances": instances}
+        def perform() -> tuple[int, Any]:
+            stored = ingest.dicom_instances_store(actor=self.actor, files=files)
+            instances = [
+                {
+                    "patient": s.PatientSummarySerializer(r.patient).data,
+                    "study": str(r.study.id),
+                    "image": {**s.ImageOutputSerializer(r.image).data, "created": r.created},
+                }
+                for r in stored
+            ]
+            return _created_status([r.created for r in stored]), {"instances": instances}
 
-            return idempotent_response(self, perform)
-        finally:
-            discard_uploads(request)
+        return idempotent_response(self, perform)
 
 
-class CaptureView(ClinicAPIView):
+class CaptureView(_UploadView):
     required_roles = {"post": Role.TECHNICIAN}
     parser_classes = (StreamingMultiPartParser,)
-    extra_problem_statuses = {"post": UPLOAD_PROBLEMS}
 
     @extend_schema(
         operation_id="captures_create",
@@ -156,32 +163,29 @@ class CaptureView(ClinicAPIView):
         responses={201: s.CaptureOutputSerializer},
     )
     def post(self, request: Request) -> Response:
-        try:
-            data = s.CaptureInputSerializer(data=_form_fields(request))
-            data.is_valid(raise_exception=True)
-            fields = dict(data.validated_data)
-            files = _files(request)
-            patient_id = fields.pop("patient_id", None)
-            patient = access_patient(actor=self.actor, patient_id=patient_id) if patient_id else None
-            study_fields = {k: fields.pop(k) for k in ("body_region", "notes", "accession") if k in fields}
-            view = fields.pop("view", "")
+        data = s.CaptureInputSerializer(data=_form_fields(request))
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        files = _files(request)
+        patient_id = fields.pop("patient_id", None)
+        patient = access_patient(actor=self.actor, patient_id=patient_id) if patient_id else None
+        study_fields = {k: fields.pop(k) for k in ("body_region", "notes", "accession") if k in fields}
+        view = fields.pop("view", "")
 
-            def perform() -> tuple[int, Any]:
-                captured = ingest.capture_create(
-                    actor=self.actor,
-                    files=files,
-                    patient=patient,
-                    patient_fields=fields,
-                    study_fields=study_fields,
-                    view=view,
-                )
-                body = {
-                    "patient": s.PatientOutputSerializer(captured.patient).data,
-                    "patient_created": captured.patient_created,
-                    "study": s.study_detail_data(captured.study),
-                }
-                return status.HTTP_201_CREATED, body
+        def perform() -> tuple[int, Any]:
+            captured = ingest.capture_create(
+                actor=self.actor,
+                files=files,
+                patient=patient,
+                patient_fields=fields,
+                study_fields=study_fields,
+                view=view,
+            )
+            body = {
+                "patient": s.PatientOutputSerializer(captured.patient).data,
+                "patient_created": captured.patient_created,
+                "study": s.study_detail_data(captured.study),
+            }
+            return status.HTTP_201_CREATED, body
 
-            return idempotent_response(self, perform)
-        finally:
-            discard_uploads(request)
+        return idempotent_response(self, perform)

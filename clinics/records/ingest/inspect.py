@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import warnings
 import zipfile
-from dataclasses import dataclass, field
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import IO
 
 import pydicom
 from django.conf import settings
@@ -85,7 +85,6 @@ class Inspected:
     frames: int = 1
     photometric: str = ""
     dicom: DicomFacts | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def media_type(self) -> str:

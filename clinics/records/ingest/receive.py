@@ -13,7 +13,7 @@ import hashlib
 import os
 import tempfile
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,7 +60,6 @@ class ReceivedFile:
     sha256: str
     filename: str = ""
     content_type: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def open(self) -> IO[bytes]:
         return self.path.open("rb")

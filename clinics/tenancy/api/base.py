@@ -212,13 +212,16 @@ def _body_parts(request: Request) -> Iterator[str]:
 def idempotent_response(view: ClinicAPIView, perform: Callable[[], tuple[int, Any]]) -> Response:
     """Run a create once per ``Idempotency-Key`` (see clinics.tenancy.idempotency)."""
     request = view.request
-    parts = [request.method or "", request.path, *sorted(f"{k}={v}" for k, v in request.query_params.lists())]
-    outcome = idempotent_create(
-        actor=view.actor,
-        key=request.META.get(IDEMPOTENCY_HEADER),
-        fingerprint=request_fingerprint([*parts, *_body_parts(request)]),
-        perform=perform,
-    )
+    key = request.META.get(IDEMPOTENCY_HEADER)
+    fingerprint = ""
+    if key is not None:  # the fingerprint serialises the body: only worth it when a key is sent
+        parts = [
+            request.method or "",
+            request.path,
+            *sorted(f"{k}={v}" for k, v in request.query_params.lists()),
+        ]
+        fingerprint = request_fingerprint([*parts, *_body_parts(request)])
+    outcome = idempotent_create(actor=view.actor, key=key, fingerprint=fingerprint, perform=perform)
     response = Response(outcome.body, status=outcome.status)
     if outcome.replayed:
         response["Idempotent-Replayed"] = "true"
