@@ -37,6 +37,13 @@ def _fast_password_hashing(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _reads_stay_queued(settings: Any) -> None:
+    # AI reads are queued by every upload; only the tests about reads run them (inline or on the worker
+    # thread), so no read worker races another test's database or storage.
+    settings.XCALIBER_READ_WORKER = "off"
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     cache.clear()
     yield

@@ -41,7 +41,9 @@ from clinics.records.models import DirectUpload, Image, Patient, Study
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import ROLE_RANK, ApiKey, AuditEntry, Invitation, Membership, Role
 from clinics.tenancy.services import api_key_create
+from inference.models import Finding, ModelVersion, Read
 from tests.conftest import Cast, bearer_client, key_client, make_member
+from tests.inference.factories import make_done_read, make_model_version
 from tests.records.corpus import dicom_bytes
 from tests.records.factories import make_study, stored_keys, sweep_image
 from xcaliber.routing import websocket_urlpatterns
@@ -103,6 +105,18 @@ def _finding(cast: Cast) -> dict[str, Any]:
     return {"code": "cardiomegaly"}
 
 
+def _read(cast: Cast) -> dict[str, Any]:
+    return {"read_id": make_done_read(cast.clinic).id}
+
+
+def _read_finding(cast: Cast) -> dict[str, Any]:
+    return {"read_id": make_done_read(cast.clinic).id, "code": "cardiomegaly"}
+
+
+def _model_version(cast: Cast) -> dict[str, Any]:
+    return {"model_version_id": make_model_version().id}
+
+
 def _dicom_image(cast: Cast) -> Image:
     """A small DICOM instance of clinic A, stored through the ingest service (file and rows)."""
     data = dicom_bytes(rows=32, columns=40, bits=8)
@@ -133,7 +147,7 @@ def _dicom_instance(cast: Cast) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Route:
-    access: str  # public | user | clinic
+    access: str  # public | user | staff | clinic
     methods: dict[str, str] = field(default_factory=dict)  # method -> minimum role ("" when not clinic)
     kwargs: Kwargs = _no_kwargs
     bodies: dict[str, dict[str, Any]] = field(default_factory=dict)  # a valid body per method
@@ -212,6 +226,18 @@ ROUTES: dict[str, Route] = {
     "dicomweb-instance-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
     "dicomweb-frame-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
     "finding-list": Route("clinic", {"get": Role.VIEWER}, shared=True),
+    "study-reads": Route("clinic", {"get": Role.VIEWER, "post": Role.VET}, _study),
+    "read-list": Route("clinic", {"get": Role.VIEWER}),
+    "read-detail": Route("clinic", {"get": Role.VIEWER}, _read),
+    "read-heatmap": Route("clinic", {"get": Role.VIEWER}, _read_finding),
+    "read-finding-feedback": Route(
+        "clinic", {"post": Role.VET}, _read_finding, {"post": {"verdict": "disagree", "note": "no"}}
+    ),
+    "feedback-export": Route("clinic", {"get": Role.ADMIN}),
+    "model-version-list": Route("clinic", {"get": Role.VIEWER}, shared=True),
+    "model-version-detail": Route("clinic", {"get": Role.VIEWER}, _model_version, shared=True),
+    "model-version-activate": Route("staff", {"post": ""}, _model_version),
+    "model-version-retire": Route("staff", {"post": ""}, _model_version),
     "finding-detail": Route("clinic", {"get": Role.VIEWER}, _finding, shared=True),
 }
 
@@ -294,6 +320,9 @@ def _snapshot(cast: Cast) -> tuple[Any, ...]:
         sorted(Image.objects.filter(clinic=clinic).values_list("id", "preview_status")),
         sorted(DirectUpload.objects.filter(clinic=clinic).values_list("id", "status")),
         sorted(stored_keys()),
+        sorted(Read.objects.filter(clinic=clinic).values_list("id", "status")),
+        sorted(Finding.objects.filter(read__clinic=clinic).values_list("id", "verdict", "verdict_note")),
+        sorted(ModelVersion.objects.values_list("id", "status")),
     )
 
 
@@ -361,12 +390,17 @@ def test_sweep(cast: Cast, anon: Any, name: str, method: str, caller: str) -> No
             assert response.status_code == 401, response.content
             assert response["Content-Type"].startswith("application/problem+json")
     elif caller in {"outsider", "outsider_key"}:
-        body_text = response.content.decode()
+        raw = b"".join(response.streaming_content) if response.streaming else response.content
+        body_text = raw.decode(errors="replace")
         for ident in (str(cast.clinic.id), *[str(m.id) for m in cast.members.values()], "@alpha.test"):
             if ident in url:
                 continue  # the id the caller sent may be echoed back
             assert ident not in body_text, f"{caller} saw clinic A's {ident} at {method.upper()} {url}"
-        if route.shared:
+        if route.access == "staff":  # platform data: no clinic's caller is staff, whoever owns what
+            expected = "user_token_required" if caller == "outsider_key" else "platform_staff_required"
+            assert response.status_code == 403, response.content
+            assert response.json()["code"] == expected
+        elif route.shared:
             _assert_shared(cast, route, method, url, pattern_route, response, client)
         elif kwargs:
             creates = method in route.may_create
@@ -415,6 +449,9 @@ def _caller(cast: Cast, anon: Any, route: Route, method: str, caller: str) -> tu
         return cast.outsider_client(), ""
     if caller == "outsider_key":
         return key_client(cast.other_clinic, Role.ADMIN)[0], ""
+    if route.access == "staff":
+        # A clinic's owner is not platform staff.
+        return cast.client(Role.OWNER), "platform_staff_required"
     if route.access == "user":
         # A user route has no role; an API key is the credential it must refuse.
         return key_client(cast.clinic, Role.ADMIN)[0], "user_token_required"

@@ -15,6 +15,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from clinics.records.tasks import images_derivatives_backfill  # noqa: E402
+from inference.reads.dispatch import embedded_worker  # noqa: E402
 from xcaliber.asgi_handler import UploadAwareASGIHandler  # noqa: E402
 from xcaliber.lib.background import submit  # noqa: E402
 from xcaliber.routing import UnknownRouteConsumer, websocket_urlpatterns  # noqa: E402
@@ -35,3 +36,7 @@ if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
     # Several production processes would each render the same backlog; there the operator runs
     # ``manage.py images_previews_backfill`` once (the CPU worker takes this over with the queue).
     submit(images_derivatives_backfill)
+
+if settings.XCALIBER_READ_WORKER == "thread":
+    # Reads are rows: any still queued (or leased by a process that died) are picked up at start-up.
+    embedded_worker().wake()

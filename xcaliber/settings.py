@@ -266,6 +266,8 @@ SPECTACULAR_SETTINGS = {
         "ClinicKindEnum": "clinics.tenancy.models.ClinicKind",
         "StudyStatusEnum": "clinics.records.models.StudyStatus",
         "InvitationStatusEnum": ["pending", "accepted", "revoked", "expired"],
+        "ReadStatusEnum": "inference.models.ReadStatus",
+        "ModelVersionStatusEnum": "inference.models.ModelVersionStatus",
     },
 }
 
@@ -307,7 +309,22 @@ XCALIBER = {
     ),
     "PREVIEW_MAX_SIDE": env_int("XCALIBER_PREVIEW_MAX_SIDE", 2048, minimum=256),
     "THUMBNAIL_MAX_SIDE": env_int("XCALIBER_THUMBNAIL_MAX_SIDE", 256, minimum=32),
+    # AI reads: the worker claims up to READ_BATCH_MAX queued reads at once, waiting READ_BATCH_WINDOW_MS
+    # after a wake-up for more to arrive; a claimed read is leased for READ_LEASE_SECONDS and failed after
+    # READ_MAX_ATTEMPTS claims. Heatmap overlays are PNGs of at most HEATMAP_MAX_SIDE pixels.
+    "READ_BATCH_MAX": env_int("XCALIBER_READ_BATCH_MAX", 16, minimum=1, maximum=256),
+    "READ_BATCH_WINDOW_MS": env_int("XCALIBER_READ_BATCH_WINDOW_MS", 15, minimum=0, maximum=1000),
+    "READ_LEASE_SECONDS": env_int("XCALIBER_READ_LEASE_SECONDS", 120, minimum=5),
+    "READ_MAX_ATTEMPTS": env_int("XCALIBER_READ_MAX_ATTEMPTS", 3, minimum=1, maximum=20),
+    "HEATMAP_MAX_SIDE": env_int("XCALIBER_HEATMAP_MAX_SIDE", 768, minimum=128, maximum=4096),
 }
+
+# Where queued AI reads run. "thread": a worker thread of this process (the embedded default);
+# "inline": at commit, in the calling thread (tests, management commands); "off": only a separate
+# ``manage.py reads_work`` process runs them.
+XCALIBER_READ_WORKER = env_choice("XCALIBER_READ_WORKER", ("thread", "inline", "off"), "thread")
+# "cpu" or "cuda" (one device per process); the model runs bf16 channels_last on CUDA.
+XCALIBER_INFERENCE_DEVICE = env_choice("XCALIBER_INFERENCE_DEVICE", ("cpu", "cuda"), "cpu")
 
 # "thread": after-commit work (previews) runs on a background thread of this process; "inline": at
 # commit, in the calling thread.

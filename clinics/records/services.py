@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from clinics.records import storage
 from clinics.records.models import Patient, Study
+from clinics.records.signals import study_stored_keys
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.services import audit_record
 from xcaliber.lib.problems import Conflict
@@ -131,6 +132,8 @@ def study_delete(*, actor: Actor, study: Study) -> list[str]:
     with transaction.atomic():
         locked = Study.objects.select_for_update().get(id=study.id)
         keys = [key for image in locked.images.all() for key in image.stored_keys]
+        for _receiver, owned in study_stored_keys.send(sender=Study, study=locked):
+            keys.extend(cast(list[str], owned))  # the signal's contract: a list of keys
         audit_record(
             clinic=actor.clinic,
             action="study.delete",

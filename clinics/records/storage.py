@@ -62,6 +62,14 @@ def _refuse_renamed(key: str, saved: str) -> None:
         raise RuntimeError(f"storage renamed {key} to {saved}")
 
 
+def store_file_copy(key: str, path: Path, *, content_type: str = "application/octet-stream") -> None:
+    """Store a copy of the file at ``path`` under ``key`` (the file stays where it is)."""
+    with path.open("rb") as handle:
+        content = File(handle, name=key)
+        content.content_type = content_type  # type: ignore[attr-defined]  # read by the S3 backend
+        _refuse_renamed(key, default_storage.save(key, content))
+
+
 def store_bytes(key: str, data: bytes, *, content_type: str) -> None:
     content = ContentFile(data, name=key)
     content.content_type = content_type  # type: ignore[attr-defined]

@@ -231,6 +231,41 @@ def test_embedded_upload_preview_download(embedded_server: HttpServer) -> None:
     upload_dicom_then_fetch_preview(embedded_server, via_redirect=False)
 
 
+def test_embedded_capture_gets_a_done_read_with_heatmaps(embedded_server: HttpServer) -> None:
+    """The embedded default end to end: a phone capture of a thorax is read by the in-process worker with
+    the shipped model; the findings, the heatmap and the VHS come back over HTTP."""
+    from tests.inference.factories import phantom_png
+
+    headers = bearer(register_and_login(embedded_server))
+    data = phantom_png(51, region="thorax", species="canine", findings={"pleural_effusion": True})
+    response = requests.post(
+        embedded_server.url("/api/v1/captures/"),
+        data={"name": "Bori", "species": "canine", "body_region": "thorax"},
+        files={"files": ("thorax.png", data, "image/png")},
+        headers=headers,
+        timeout=HTTP_TIMEOUT,
+    )
+    assert response.status_code == 201, response.text
+    reads_url = embedded_server.url(response.json()["study"]["links"]["reads"])
+
+    def read_done() -> dict[str, Any] | None:
+        body = requests.get(reads_url, headers=headers, timeout=HTTP_TIMEOUT).json()
+        assert [r["status"] for r in body["reads"]] != ["failed"], body
+        return body if [r["status"] for r in body["reads"]] == ["done"] else None
+
+    body = wait_for("read", read_done, 60)
+    assert body["study_status"] == "read"
+    [read] = body["reads"]
+    assert "synthetic" in read["intended_use"].lower()
+    findings = {f["code"]: f for f in read["findings"]}
+    assert findings["pleural_effusion"]["positive"] is True
+    assert findings["vhs"]["measurement"]["value"] > 0
+    heatmap_url = embedded_server.url(findings["pleural_effusion"]["heatmap_url"])
+    heatmap = requests.get(heatmap_url, headers=headers, timeout=HTTP_TIMEOUT)
+    assert heatmap.status_code == 200
+    assert heatmap.content.startswith(b"\x89PNG")
+
+
 def test_embedded_api_docs_work_offline(embedded_server: HttpServer) -> None:
     page_url = embedded_server.url("/api/docs/")
     response = requests.get(page_url, timeout=HTTP_TIMEOUT)

@@ -119,15 +119,27 @@ class StoredImageOutputSerializer(ImageOutputSerializer):
         read_only_fields = fields
 
 
+class StudyLinksSerializer(serializers.Serializer[Study]):
+    images = serializers.SerializerMethodField(help_text="Upload more images (POST).")
+    reads = serializers.SerializerMethodField(help_text="The study's AI reads; POST reads it again.")
+
+    def get_images(self, study: Study) -> str:
+        return reverse("study-images", kwargs={"study_id": study.id})
+
+    def get_reads(self, study: Study) -> str:
+        return reverse("study-reads", kwargs={"study_id": study.id})
+
+
 class StudyOutputSerializer(serializers.ModelSerializer[Study]):
     patient = PatientSummarySerializer(read_only=True)
     image_count = serializers.IntegerField(read_only=True)
+    links = StudyLinksSerializer(source="*", read_only=True)
 
     class Meta:
         model = Study
         fields: tuple[str, ...] = (
             "id", "patient", "body_region", "status", "description", "notes", "accession", "dicom_study_uid",
-            "study_date", "image_count", "created_at", "updated_at",
+            "study_date", "image_count", "links", "created_at", "updated_at",
         )  # fmt: skip
         read_only_fields: tuple[str, ...] = fields
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.http import HttpResponseRedirect, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
@@ -130,6 +131,21 @@ _PENDING_NOTE = (
 )
 
 
+def stored_file_response(key: str, *, media_type: str, filename: str) -> HttpResponseBase:
+    """A stored object as a download: a redirect to a short-lived presigned URL on S3, else streamed."""
+    url = storage.presigned_url(
+        key, seconds=settings.XCALIBER["DOWNLOAD_URL_SECONDS"], filename=filename, content_type=media_type
+    )
+    if url is not None:
+        return HttpResponseRedirect(url)
+    response = StreamingHttpResponse(storage.open_stream(key), content_type=media_type)
+    response["Content-Length"] = str(storage.object_size(key))
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 class _ImageFileView(ClinicAPIView):
     """Download one of an image's files: streamed through the API, or a redirect to a short-lived S3 URL."""
 
@@ -139,17 +155,7 @@ class _ImageFileView(ClinicAPIView):
     def download(self, image_id: uuid.UUID) -> Any:
         image = access_image(actor=self.actor, image_id=image_id)
         key, media_type, filename = self._file(image)
-        url = storage.presigned_url(
-            key, seconds=settings.XCALIBER["DOWNLOAD_URL_SECONDS"], filename=filename, content_type=media_type
-        )
-        if url is not None:
-            return HttpResponseRedirect(url)
-        response = StreamingHttpResponse(storage.open_stream(key), content_type=media_type)
-        response["Content-Length"] = str(storage.object_size(key))
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        response["Cache-Control"] = "private, no-store"
-        response["X-Content-Type-Options"] = "nosniff"
-        return response
+        return stored_file_response(key, media_type=media_type, filename=filename)
 
     def _file(self, image: Image) -> tuple[str, str, str]:
         if self.variant == "original":

@@ -21,6 +21,7 @@ from clinics.records.ingest import dicom_fields
 from clinics.records.ingest.inspect import Inspected, Rejected, inspect_upload
 from clinics.records.ingest.receive import ReceivedFile
 from clinics.records.models import Image, Patient, Study, StudyStatus
+from clinics.records.signals import image_stored
 from clinics.records.storage import StoredObjects, image_key
 from clinics.records.tasks import image_derivatives_make
 from clinics.tenancy.actor import Actor
@@ -117,6 +118,7 @@ def _store_image(
     image, created = _race_safe(find, create)
     if created:
         run_after_commit(image_derivatives_make, image.id)
+        image_stored.send(sender=Image, image=image, actor=actor)
     return Stored(image, created)
 
 

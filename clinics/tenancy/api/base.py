@@ -152,6 +152,22 @@ class UserAPIView(_KernelView):
         return user
 
 
+class StaffAPIView(UserAPIView):
+    """A platform operation (the model registry): a person's access token with ``is_staff``.
+
+    Not tenant data, so no clinic is resolved; every other caller gets 403 ``platform_staff_required``.
+    """
+
+    access_level = "staff"
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if not self.user.is_staff:
+            raise Forbidden(
+                "This is a platform operation for X Caliber staff.", code="platform_staff_required"
+            )
+
+
 class ClinicAPIView(_KernelView):
     """Acts for one clinic. Declare ``required_roles = {"get": Role.VIEWER, ...}`` for every handler."""
 
