@@ -52,10 +52,11 @@ def manage(*args: str) -> None:
     subprocess.run([str(PYTHON), str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
 
 
-def asgi_server_arguments(host: str, port: int) -> list[str]:
+def asgi_server_arguments(host: str, port: int, environ: dict[str, str] | None = None) -> list[str]:
     """uvicorn, one process: it streams request bodies to the app with flow control (daphne queues a
     whole body in memory first), and the embedded default's in-memory channel layer and in-process
     worker live in that one process."""
+    ping = (os.environ if environ is None else environ).get("XCALIBER_WS_PING_SECONDS", "20")
     return [
         "xcaliber.asgi:application",
         "--host", host,
@@ -64,6 +65,10 @@ def asgi_server_arguments(host: str, port: int) -> list[str]:
         "--ws", "websockets-sansio",
         "--no-server-header",
         "--timeout-graceful-shutdown", "10",
+        # Protocol-level pings on every WebSocket: a phone that vanished without closing is dropped
+        # after one interval plus the timeout.
+        "--ws-ping-interval", ping,
+        "--ws-ping-timeout", ping,
     ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """The clinics app's models, gathered from its sub-packages for Django's app registry."""
 
+from clinics.events.models import Event, EventCounter
 from clinics.records.models import DirectUpload, Image, Patient, Study
 from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, IdempotencyRecord, Invitation, Membership, User
 
@@ -8,6 +9,8 @@ __all__ = [
     "AuditEntry",
     "Clinic",
     "DirectUpload",
+    "Event",
+    "EventCounter",
     "IdempotencyRecord",
     "Image",
     "Invitation",

@@ -41,6 +41,7 @@ from clinics.records.models import DirectUpload, Image, Patient, Study
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import ROLE_RANK, ApiKey, AuditEntry, Invitation, Membership, Role
 from clinics.tenancy.services import api_key_create
+from clinics.events.models import Event
 from inference.models import Finding, ModelVersion, Read
 from tests.conftest import Cast, bearer_client, key_client, make_member
 from tests.inference.factories import make_done_read, make_model_version
@@ -226,6 +227,8 @@ ROUTES: dict[str, Route] = {
     "dicomweb-instance-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
     "dicomweb-frame-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
     "finding-list": Route("clinic", {"get": Role.VIEWER}, shared=True),
+    "event-list": Route("clinic", {"get": Role.VIEWER}),
+    "event-ticket": Route("clinic", {"post": Role.VIEWER}),
     "study-reads": Route("clinic", {"get": Role.VIEWER, "post": Role.VET}, _study),
     "read-list": Route("clinic", {"get": Role.VIEWER}),
     "read-detail": Route("clinic", {"get": Role.VIEWER}, _read),
@@ -248,8 +251,10 @@ NON_API = {
     "readyz": "readiness probe, names dependencies only",
 }
 
-# WebSocket routes join the sweep with the realtime work; none may exist undeclared.
-WEBSOCKET_ROUTES: dict[str, Route] = {}
+# WebSocket routes, none undeclared. A WebSocket cannot be swept in-process against the test database,
+# so its cross-clinic checks run against a real server: tests/e2e/test_events.py connects clinic B while
+# clinic A uploads and asserts that none of A's events reach B (on the in-memory and the Redis layer).
+WEBSOCKET_ROUTES: dict[str, Route] = {"ws/events/": Route("clinic", {"get": Role.VIEWER})}
 
 
 def _walk(patterns: list[Any], prefix: str = "") -> list[tuple[str, URLPattern]]:
@@ -323,6 +328,7 @@ def _snapshot(cast: Cast) -> tuple[Any, ...]:
         sorted(Read.objects.filter(clinic=clinic).values_list("id", "status")),
         sorted(Finding.objects.filter(read__clinic=clinic).values_list("id", "verdict", "verdict_note")),
         sorted(ModelVersion.objects.values_list("id", "status")),
+        Event.objects.filter(clinic=clinic).count(),
     )
 
 

@@ -10,7 +10,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xcaliber.settings")
 django.setup(set_prefix=False)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (after Django is set up)
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
@@ -25,9 +24,8 @@ django_asgi_app = UploadAwareASGIHandler()
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            URLRouter([*websocket_urlpatterns, re_path(r"", UnknownRouteConsumer.as_asgi())])
-        ),
+        # The event consumer checks the Origin itself (native apps send none; see its docstring).
+        "websocket": URLRouter([*websocket_urlpatterns, re_path(r"", UnknownRouteConsumer.as_asgi())]),
     }
 )
 

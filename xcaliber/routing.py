@@ -1,10 +1,13 @@
-"""WebSocket routes. The clinic event stream (``/ws/events/``) joins here with the realtime work."""
+"""WebSocket routes: the clinic event stream (``/ws/events/``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from channels.generic.websocket import WebsocketConsumer
+from django.urls import path
+
+from clinics.events.consumers import ClinicEventsConsumer
 
 
 class UnknownRouteConsumer(WebsocketConsumer):
@@ -14,4 +17,4 @@ class UnknownRouteConsumer(WebsocketConsumer):
         self.close(code=4404)
 
 
-websocket_urlpatterns: list[Any] = []
+websocket_urlpatterns: list[Any] = [path("ws/events/", ClinicEventsConsumer.as_asgi())]

@@ -317,7 +317,14 @@ XCALIBER = {
     "READ_LEASE_SECONDS": env_int("XCALIBER_READ_LEASE_SECONDS", 120, minimum=5),
     "READ_MAX_ATTEMPTS": env_int("XCALIBER_READ_MAX_ATTEMPTS", 3, minimum=1, maximum=20),
     "HEATMAP_MAX_SIDE": env_int("XCALIBER_HEATMAP_MAX_SIDE", 768, minimum=128, maximum=4096),
+    # The WebSocket event stream: ticket lifetime, and how often an open connection re-checks its
+    # credential (deactivated members and revoked keys are dropped).
+    "WS_TICKET_SECONDS": env_int("XCALIBER_WS_TICKET_SECONDS", 30, minimum=5, maximum=600),
+    "WS_RECHECK_SECONDS": env_int("XCALIBER_WS_RECHECK_SECONDS", 60, minimum=1, maximum=3600),
 }
+
+# Browser origins (scheme://host[:port]) allowed to open /ws/events/ besides the allowed hosts.
+XCALIBER_WS_ALLOWED_ORIGINS = env_list("XCALIBER_WS_ALLOWED_ORIGINS", ())
 
 # Where queued AI reads run. "thread": a worker thread of this process (the embedded default);
 # "inline": at commit, in the calling thread (tests, management commands); "off": only a separate

@@ -55,6 +55,7 @@ urlpatterns = [
     path("api/redoc/", OfflineRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/v1/", include("clinics.tenancy.api.urls")),
     path("api/v1/", include("clinics.records.api.urls")),
+    path("api/v1/", include("clinics.events.api.urls")),
     path("api/v1/", include("inference.api.urls")),
     path("dicom-web/", include("clinics.records.dicomweb.urls")),
 ]

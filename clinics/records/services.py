@@ -7,7 +7,7 @@ from typing import Any, cast
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from clinics.records import storage
+from clinics.records import events, storage
 from clinics.records.models import Patient, Study
 from clinics.records.signals import study_stored_keys
 from clinics.tenancy.actor import Actor
@@ -101,7 +101,11 @@ def study_create(*, actor: Actor, patient: Patient, **fields: Any) -> Study:
         raise _study_uid_taken(uid)
     try:
         with transaction.atomic():
-            return Study.objects.create(clinic=actor.clinic, patient=patient, created_by=actor.user, **fields)
+            study = Study.objects.create(
+                clinic=actor.clinic, patient=patient, created_by=actor.user, **fields
+            )
+            events.study_created(study)
+            return study
     except IntegrityError:
         raise _study_uid_taken(uid) from None
 

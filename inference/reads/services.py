@@ -23,6 +23,7 @@ from clinics.records.models import Image, Study, StudyStatus
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.services import audit_record
 from inference.models import Finding, ModelVersion, ModelVersionStatus, Read, ReadStatus, Verdict
+from inference.reads import events
 from inference.reads.dispatch import reads_dispatch
 from inference.registry import active_model_for
 from xcaliber.lib.problems import Conflict, Problem
@@ -49,6 +50,7 @@ def read_create(*, image: Image, study: Study, model_version: ModelVersion, requ
         species=study.patient.species,
         requested_by=requested_by,
     )
+    events.read_event(read, ReadStatus.QUEUED)
     transaction.on_commit(lambda: reads_dispatch([read.id]))
     return read
 
@@ -122,17 +124,23 @@ def reads_fail_exhausted() -> int:
             "id", "study_id"
         )
     )
+    reason = f"The read did not finish in {limit} attempts (the worker stopped or timed out)."
     for read_id, study_id in exhausted:
-        updated = Read.objects.filter(id=read_id, status=ReadStatus.RUNNING, lease_until__lt=now).update(
-            status=ReadStatus.FAILED,
-            failure_code="attempts_exhausted",
-            failure_reason=f"The read did not finish in {limit} attempts (the worker stopped or timed out).",
-            finished_at=now,
-            claim_token=None,
-            lease_until=None,
-        )
-        if updated:
-            study_status_refresh(study_id)
+        with transaction.atomic():
+            updated = Read.objects.filter(id=read_id, status=ReadStatus.RUNNING, lease_until__lt=now).update(
+                status=ReadStatus.FAILED,
+                failure_code="attempts_exhausted",
+                failure_reason=reason,
+                finished_at=now,
+                claim_token=None,
+                lease_until=None,
+            )
+            if updated:
+                read = Read.objects.select_related("model_version").get(id=read_id)
+                events.read_event(
+                    read, ReadStatus.FAILED, failure={"code": "attempts_exhausted", "reason": reason}
+                )
+                study_status_refresh(study_id)
     return len(exhausted)
 
 
@@ -153,20 +161,23 @@ def read_claim_batch(*, limit: int, read_ids: Sequence[uuid.UUID] | None = None)
         return []
     token = uuid.uuid4()
     lease = now + datetime.timedelta(seconds=settings.XCALIBER["READ_LEASE_SECONDS"])
-    Read.objects.filter(_claimable(now), id__in=chosen).update(
-        status=ReadStatus.RUNNING,
-        claim_token=token,
-        lease_until=lease,
-        attempts=F("attempts") + 1,
-        started_at=now,
-    )
-    claimed = list(
-        Read.objects.filter(claim_token=token, status=ReadStatus.RUNNING).select_related(
-            "image", "study", "study__patient", "model_version"
+    with transaction.atomic():
+        Read.objects.filter(_claimable(now), id__in=chosen).update(
+            status=ReadStatus.RUNNING,
+            claim_token=token,
+            lease_until=lease,
+            attempts=F("attempts") + 1,
+            started_at=now,
         )
-    )
-    for study_id in {read.study_id for read in claimed}:
-        study_status_refresh(study_id)
+        claimed = list(
+            Read.objects.filter(claim_token=token, status=ReadStatus.RUNNING).select_related(
+                "image", "study", "study__patient", "model_version"
+            )
+        )
+        for read in claimed:
+            events.read_event(read, ReadStatus.RUNNING, attempt=read.attempts)
+        for study_id in {read.study_id for read in claimed}:
+            study_status_refresh(study_id)
     return claimed
 
 
@@ -212,6 +223,15 @@ def read_finish(
         )
         if not updated:
             return False
+        positives = [item.code for item in findings if item.positive and item.probability is not None]
+        vhs = next((item.measurement for item in findings if item.code == "vhs" and item.measurement), None)
+        events.read_event(
+            read,
+            ReadStatus.DONE,
+            positive_findings=positives,
+            vhs=vhs["value"] if vhs else None,
+            quality=[flag["code"] for flag in quality],
+        )
         Finding.objects.bulk_create(
             Finding(
                 read_id=read.id,
@@ -253,6 +273,7 @@ def read_fail(
             lease_until=None,
         )
         if updated:
+            events.read_event(read, ReadStatus.FAILED, failure={"code": code, "reason": reason[:500]})
             study_status_refresh(read.study_id)
     return bool(updated)
 

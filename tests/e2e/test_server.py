@@ -47,11 +47,11 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 # --------------------------------------------------------------------------- helpers
 
 
-def asgi_server_command(port: int) -> list[str]:
-    """The ASGI server exactly as ``run.py serve`` starts it."""
+def asgi_server_command(port: int, env: dict[str, str] | None = None) -> list[str]:
+    """The ASGI server exactly as ``run.py serve`` starts it (with ``env`` as its environment)."""
     from run import asgi_server_arguments
 
-    return [str(venv_bin() / "uvicorn"), *asgi_server_arguments("127.0.0.1", port)]
+    return [str(venv_bin() / "uvicorn"), *asgi_server_arguments("127.0.0.1", port, env)]
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -61,7 +61,9 @@ def migrate(env: dict[str, str]) -> None:
 
 def start_server(name: str, env: dict[str, str], log_dir: Path) -> HttpServer:
     port = free_port()
-    server = HttpServer(name, asgi_server_command(port), port=port, env=env, log_path=log_dir / f"{name}.log")
+    server = HttpServer(
+        name, asgi_server_command(port, env), port=port, env=env, log_path=log_dir / f"{name}.log"
+    )
     try:
         server.wait_healthy(timeout=30)
     except BaseException:

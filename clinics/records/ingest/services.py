@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.utils import timezone
 
+from clinics.records import events
 from clinics.records import services as record_services
 from clinics.records.ingest import dicom_fields
 from clinics.records.ingest.inspect import Inspected, Rejected, inspect_upload
@@ -118,6 +119,7 @@ def _store_image(
     image, created = _race_safe(find, create)
     if created:
         run_after_commit(image_derivatives_make, image.id)
+        events.image_stored(image)
         image_stored.send(sender=Image, image=image, actor=actor)
     return Stored(image, created)
 
@@ -237,12 +239,14 @@ def dicom_instances_store(*, actor: Actor, files: Sequence[ReceivedFile]) -> lis
 
             def create(patient: Patient = patient, facts: Inspected = facts) -> Study:
                 assert facts.dicom is not None
-                return Study.objects.create(
+                created = Study.objects.create(
                     clinic=actor.clinic,
                     patient=patient,
                     created_by=actor.user,
                     **dicom_fields.study_fields(facts.dicom.dataset),
                 )
+                events.study_created(created)
+                return created
 
             study = existing or _race_safe(find, create)[0]
             outcome = _store_image(
