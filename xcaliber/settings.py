@@ -314,7 +314,9 @@ XCALIBER = {
     # READ_MAX_ATTEMPTS claims. Heatmap overlays are PNGs of at most HEATMAP_MAX_SIDE pixels.
     "READ_BATCH_MAX": env_int("XCALIBER_READ_BATCH_MAX", 16, minimum=1, maximum=256),
     "READ_BATCH_WINDOW_MS": env_int("XCALIBER_READ_BATCH_WINDOW_MS", 15, minimum=0, maximum=1000),
-    "READ_LEASE_SECONDS": env_int("XCALIBER_READ_LEASE_SECONDS", 120, minimum=5),
+    "READ_LEASE_SECONDS": env_int("XCALIBER_READ_LEASE_SECONDS", 30, minimum=5),
+    # A read queued this long without being claimed is dispatched again by the reconciler.
+    "READ_STALE_QUEUED_SECONDS": env_int("XCALIBER_READ_STALE_QUEUED_SECONDS", 15, minimum=1),
     "READ_MAX_ATTEMPTS": env_int("XCALIBER_READ_MAX_ATTEMPTS", 3, minimum=1, maximum=20),
     "HEATMAP_MAX_SIDE": env_int("XCALIBER_HEATMAP_MAX_SIDE", 768, minimum=128, maximum=4096),
     # The WebSocket event stream: ticket lifetime, and how often an open connection re-checks its
@@ -328,8 +330,37 @@ XCALIBER_WS_ALLOWED_ORIGINS = env_list("XCALIBER_WS_ALLOWED_ORIGINS", ())
 
 # Where queued AI reads run. "thread": a worker thread of this process (the embedded default);
 # "inline": at commit, in the calling thread (tests, management commands); "off": only a separate
-# ``manage.py reads_work`` process runs them.
-XCALIBER_READ_WORKER = env_choice("XCALIBER_READ_WORKER", ("thread", "inline", "off"), "thread")
+# ``manage.py reads_work`` process runs them; "celery" (the production default): a wake-up on the
+# ``inference`` queue for ``manage.py inference_worker``.
+XCALIBER_READ_WORKER = env_choice(
+    "XCALIBER_READ_WORKER", ("thread", "inline", "off", "celery"), "celery" if PRODUCTION else "thread"
+)
+# Celery (production dispatch; see xcaliber/celery.py). Visibility timeout and restore sweeps are short so a
+# killed worker's wake-ups come back within seconds; the reconciler covers anything else.
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"inference.tasks.reads_run_task": {"queue": "inference"}}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("XCALIBER_CELERY_VISIBILITY_TIMEOUT", 30, minimum=5),
+    "unacked_restore_interval": env_int("XCALIBER_CELERY_RESTORE_INTERVAL", 2, minimum=1),
+    "unacked_restore_throttle": 1,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "reads-reconcile": {
+        "task": "inference.tasks.reads_reconcile",
+        "schedule": float(env_int("XCALIBER_READ_RECONCILE_SECONDS", 10, minimum=1)),
+    }
+}
+
 # "cpu" or "cuda" (one device per process); the model runs bf16 channels_last on CUDA.
 XCALIBER_INFERENCE_DEVICE = env_choice("XCALIBER_INFERENCE_DEVICE", ("cpu", "cuda"), "cpu")
 

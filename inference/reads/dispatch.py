@@ -86,4 +86,13 @@ def reads_dispatch(read_ids: Sequence[uuid.UUID]) -> None:
         reads_run_pending(read_ids=read_ids)
     elif mode == "thread":
         embedded_worker().wake()
+    elif mode == "celery":
+        from xcaliber.celery import app  # by name: the web process never imports the model
+
+        try:
+            app.send_task(
+                "inference.tasks.reads_run_task", args=[[str(i) for i in read_ids]], queue="inference"
+            )
+        except Exception:  # the broker is down: the rows stay queued and the reconciler re-sends
+            logger.exception("could not send a wake-up for reads %s; the reconciler will", list(read_ids))
     # "off": a separate ``manage.py reads_work`` process polls the rows.

@@ -144,6 +144,19 @@ def reads_fail_exhausted() -> int:
     return len(exhausted)
 
 
+def reads_reconcile_due() -> list[uuid.UUID]:
+    """The reconciler's pass: fail reads that used their last attempt, and return the reads a worker
+    should be woken for (queued longer than ``READ_STALE_QUEUED_SECONDS``, or running with an expired
+    lease: their worker died). Waking a worker for them is the caller's job."""
+    reads_fail_exhausted()
+    now = timezone.now()
+    stale = now - datetime.timedelta(seconds=settings.XCALIBER["READ_STALE_QUEUED_SECONDS"])
+    due = Read.objects.filter(
+        Q(status=ReadStatus.QUEUED, queued_at__lt=stale) | Q(status=ReadStatus.RUNNING, lease_until__lt=now)
+    )
+    return list(due.order_by("queued_at").values_list("id", flat=True)[:1000])
+
+
 def read_claim_batch(*, limit: int, read_ids: Sequence[uuid.UUID] | None = None) -> list[Read]:
     """Claim up to ``limit`` reads (oldest first; only ``read_ids`` when given) for this worker.
 

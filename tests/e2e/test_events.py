@@ -19,7 +19,7 @@ import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.e2e.support import HttpServer, clean_env
+from tests.e2e.support import HttpServer, ServerProcess, clean_env, venv_bin
 from tests.e2e.test_server import (  # noqa: F401  (fixtures)
     HTTP_TIMEOUT,
     bearer,
@@ -75,16 +75,24 @@ def production(
         AWS_EC2_METADATA_DISABLED="true",
     )
     migrate(env)
+    worker = start_inference_worker("inference-worker", env, tmp_path)
     server = start_server("uvicorn-events-production", env, tmp_path)
     try:
         yield server
     finally:
         server.stop()
+        worker.stop()
 
 
 # --------------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------------
+
+
+def start_inference_worker(name: str, env: dict[str, str], log_dir: Any) -> ServerProcess:
+    """``manage.py inference_worker --beat``: the production Celery worker (solo pool) and reconciler."""
+    command = [str(venv_bin() / "python"), "manage.py", "inference_worker", "--beat", "--loglevel", "INFO"]
+    return ServerProcess(name, command, env=env, log_path=log_dir / f"{name}.log")
 
 
 def open_stream(server: HttpServer, token: str, query: str = "", **options: Any) -> ClientConnection:
