@@ -318,6 +318,7 @@ XCALIBER = {
     # A read queued this long without being claimed is dispatched again by the reconciler.
     "READ_STALE_QUEUED_SECONDS": env_int("XCALIBER_READ_STALE_QUEUED_SECONDS", 15, minimum=1),
     "READ_MAX_ATTEMPTS": env_int("XCALIBER_READ_MAX_ATTEMPTS", 3, minimum=1, maximum=20),
+    "READ_DECODE_THREADS": env_int("XCALIBER_READ_DECODE_THREADS", 2, minimum=1, maximum=32),
     "HEATMAP_MAX_SIDE": env_int("XCALIBER_HEATMAP_MAX_SIDE", 768, minimum=128, maximum=4096),
     # The WebSocket event stream: ticket lifetime, and how often an open connection re-checks its
     # credential (deactivated members and revoked keys are dropped).

@@ -15,12 +15,14 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.conf import settings
+from django.db import connections
 from numpy.typing import NDArray
 from PIL import Image as PILImage
 
@@ -336,14 +338,36 @@ def _predict(predictor: Predictor, items: Sequence[Prepared]) -> tuple[list[Pred
     return outcomes, (time.perf_counter() - started) * 1e3 / len(items)
 
 
+def _prepare_or_reason(read: Read) -> Prepared | Unusable:
+    try:
+        return prepare(read)
+    except Unusable as unusable:
+        return unusable
+
+
+def _prepare_in_thread(read: Read) -> Prepared | Unusable:
+    try:
+        return _prepare_or_reason(read)
+    finally:
+        connections.close_all()  # a decode thread keeps no database connection open
+
+
+def _prepare_all(reads: Sequence[Read]) -> list[Prepared | Unusable]:
+    """Decode on ``READ_DECODE_THREADS`` threads, apart from the model step (Pillow, pydicom's
+    decoders and numpy release the GIL for most of the work)."""
+    threads = min(settings.XCALIBER["READ_DECODE_THREADS"], len(reads))
+    if threads <= 1:
+        return [_prepare_or_reason(read) for read in reads]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xcaliber-decode") as pool:
+        return list(pool.map(_prepare_in_thread, reads))
+
+
 def reads_run(reads: Sequence[Read]) -> None:
     """Run claimed reads as one batch per model version; every read ends done or failed."""
     by_version: dict[uuid.UUID, list[Prepared]] = defaultdict(list)
-    for read in reads:
-        try:
-            prepared = prepare(read)
-        except Unusable as unusable:
-            services.read_fail(read=read, code=unusable.code, reason=str(unusable))
+    for read, prepared in zip(reads, _prepare_all(reads), strict=True):
+        if isinstance(prepared, Unusable):
+            services.read_fail(read=read, code=prepared.code, reason=str(prepared))
             continue
         by_version[read.model_version_id].append(prepared)
     for items in by_version.values():
