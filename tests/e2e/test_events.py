@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from tests.e2e.test_server import (  # noqa: F401  (fixtures)
     bearer,
     migrate,
     postgres_url,
+    production_env,
     redis_url,
     register_and_login,
     s3_server,
@@ -60,19 +60,13 @@ def production(
     redis_url: str,  # noqa: F811
     s3_server: Any,  # noqa: F811
 ) -> Iterator[HttpServer]:
-    env = _server_env(
-        XCALIBER_ENV="production",
-        XCALIBER_SECRET_KEY=secrets.token_urlsafe(50),
-        XCALIBER_ALLOWED_HOSTS="127.0.0.1,localhost",
-        XCALIBER_DATA_DIR=str(tmp_path / "data"),
-        DATABASE_URL=postgres_url,
-        REDIS_URL=redis_url,
-        XCALIBER_S3_BUCKET=s3_server.bucket,
-        XCALIBER_S3_ENDPOINT_URL=s3_server.endpoint,
-        XCALIBER_S3_ACCESS_KEY_ID="testing",
-        XCALIBER_S3_SECRET_ACCESS_KEY="testing",
-        XCALIBER_S3_ADDRESSING_STYLE="path",
-        AWS_EC2_METADATA_DISABLED="true",
+    env = production_env(
+        tmp_path,
+        postgres_url,
+        redis_url,
+        s3_server,
+        XCALIBER_WS_PING_SECONDS="1",
+        XCALIBER_WS_RECHECK_SECONDS="1",
     )
     migrate(env)
     worker = start_inference_worker("inference-worker", env, tmp_path)

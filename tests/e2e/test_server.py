@@ -479,11 +479,11 @@ class ProductionStack:
         return [self.server, self.s3.process]
 
 
-@pytest.fixture
-def production_stack(
-    tmp_path: Path, postgres_url: str, redis_url: str, s3_server: S3Server
-) -> Iterator[ProductionStack]:
-    env = clean_env(
+def production_env(
+    tmp_path: Path, postgres_url: str, redis_url: str, s3_server: S3Server, **extra: str
+) -> dict[str, str]:
+    """The production layout's environment: PostgreSQL, Redis and the S3 server, nothing by default."""
+    return clean_env(
         XCALIBER_ENV="production",
         XCALIBER_SECRET_KEY=secrets.token_urlsafe(50),
         XCALIBER_ALLOWED_HOSTS="127.0.0.1,localhost",
@@ -500,7 +500,15 @@ def production_stack(
         AWS_RETRY_MODE="standard",
         AWS_EC2_METADATA_DISABLED="true",
         XCALIBER_READYZ_TIMEOUT_SECONDS="2",
+        **extra,
     )
+
+
+@pytest.fixture
+def production_stack(
+    tmp_path: Path, postgres_url: str, redis_url: str, s3_server: S3Server
+) -> Iterator[ProductionStack]:
+    env = production_env(tmp_path, postgres_url, redis_url, s3_server)
     migrate(env)
     server = start_server("uvicorn-production", env, tmp_path)
     try:
