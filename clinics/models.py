@@ -3,6 +3,7 @@
 from clinics.events.models import Event, EventCounter
 from clinics.records.models import DirectUpload, Image, Patient, Study
 from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, IdempotencyRecord, Invitation, Membership, User
+from clinics.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ApiKey",
@@ -18,4 +19,6 @@ __all__ = [
     "Patient",
     "Study",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -84,6 +84,12 @@ def model_versions_install_builtin() -> list[ModelVersion]:
     return installed
 
 
+def model_version_name_free(*, name: str, version: str) -> None:
+    """Refuse (``Conflict``) a name and version already registered: checked before a training run."""
+    if ModelVersion.objects.filter(name=name, version=version).exists():
+        raise Conflict(f"Model {name} {version} is already registered.", code="model_version_exists")
+
+
 def register_trained(result: TrainResult, *, changed_by: str = "train_model") -> ModelVersion:
     """Store a training run's weights, card and plots in the default storage and register a candidate.
 
@@ -93,8 +99,7 @@ def register_trained(result: TrainResult, *, changed_by: str = "train_model") ->
 
     card = result.card
     name, number = str(card["name"]), str(card["version"])
-    if ModelVersion.objects.filter(name=name, version=number).exists():
-        raise Conflict(f"Model {name} {number} is already registered.", code="model_version_exists")
+    model_version_name_free(name=name, version=number)
     prefix = f"models/{name}/{number}/"
     files = [result.weights_path, result.card_path, *result.plots]
     card_md = result.output_dir / "model-card.md"

@@ -34,6 +34,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
+from clinics.events.models import Event
 from clinics.records.direct import direct_upload_key
 from clinics.records.ingest.receive import receive_stream
 from clinics.records.ingest.services import dicom_instances_store
@@ -41,7 +42,7 @@ from clinics.records.models import DirectUpload, Image, Patient, Study
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import ROLE_RANK, ApiKey, AuditEntry, Invitation, Membership, Role
 from clinics.tenancy.services import api_key_create
-from clinics.events.models import Event
+from clinics.webhooks.models import WebhookDelivery, WebhookEndpoint
 from inference.models import Finding, ModelVersion, Read
 from tests.conftest import Cast, bearer_client, key_client, make_member
 from tests.inference.factories import make_done_read, make_model_version
@@ -116,6 +117,25 @@ def _read_finding(cast: Cast) -> dict[str, Any]:
 
 def _model_version(cast: Cast) -> dict[str, Any]:
     return {"model_version_id": make_model_version().id}
+
+
+def _webhook_endpoint(cast: Cast) -> WebhookEndpoint:
+    return WebhookEndpoint.objects.create(
+        clinic=cast.clinic, url="https://partner.example/hooks", secret="whsec_" + "s" * 43
+    )
+
+
+def _webhook(cast: Cast) -> dict[str, Any]:
+    return {"webhook_id": _webhook_endpoint(cast).id}
+
+
+def _webhook_delivery(cast: Cast) -> dict[str, Any]:
+    endpoint = _webhook_endpoint(cast)
+    event = Event.objects.create(clinic=cast.clinic, seq=1, type="study.created", data={})
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, clinic=cast.clinic, event=event, status="delivered", attempts=1
+    )
+    return {"webhook_id": endpoint.id, "delivery_id": delivery.id}
 
 
 def _dicom_image(cast: Cast) -> Image:
@@ -242,6 +262,18 @@ ROUTES: dict[str, Route] = {
     "model-version-activate": Route("staff", {"post": ""}, _model_version),
     "model-version-retire": Route("staff", {"post": ""}, _model_version),
     "finding-detail": Route("clinic", {"get": Role.VIEWER}, _finding, shared=True),
+    "webhook-list": Route("clinic", {"get": Role.ADMIN, "post": Role.ADMIN}),
+    "webhook-detail": Route(
+        "clinic",
+        {"get": Role.ADMIN, "patch": Role.ADMIN, "delete": Role.ADMIN},
+        _webhook,
+        {"patch": {"description": "changed"}},
+    ),
+    "webhook-rotate-secret": Route("clinic", {"post": Role.ADMIN}, _webhook),
+    "webhook-test": Route("clinic", {"post": Role.ADMIN}, _webhook),
+    "webhook-deliveries": Route("clinic", {"get": Role.ADMIN}, _webhook),
+    "webhook-delivery-detail": Route("clinic", {"get": Role.ADMIN}, _webhook_delivery),
+    "webhook-delivery-replay": Route("clinic", {"post": Role.ADMIN}, _webhook_delivery),
 }
 
 # Routes outside the API, each with the reason it needs no tenancy check.
@@ -329,6 +361,12 @@ def _snapshot(cast: Cast) -> tuple[Any, ...]:
         sorted(Finding.objects.filter(read__clinic=clinic).values_list("id", "verdict", "verdict_note")),
         sorted(ModelVersion.objects.values_list("id", "status")),
         Event.objects.filter(clinic=clinic).count(),
+        sorted(
+            WebhookEndpoint.objects.filter(clinic=clinic).values_list(
+                "id", "url", "description", "secret", "is_active", "updated_at"
+            )
+        ),
+        sorted(WebhookDelivery.objects.filter(clinic=clinic).values_list("id", "status", "attempts")),
     )
 
 

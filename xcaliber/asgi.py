@@ -14,6 +14,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from clinics.records.tasks import images_derivatives_backfill  # noqa: E402
+from clinics.webhooks.tasks import sweeper_start  # noqa: E402
 from inference.reads.dispatch import embedded_worker  # noqa: E402
 from xcaliber.asgi_handler import UploadAwareASGIHandler  # noqa: E402
 from xcaliber.lib.background import submit  # noqa: E402
@@ -38,3 +39,6 @@ if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
 if settings.XCALIBER_READ_WORKER == "thread":
     # Reads are rows: any still queued (or leased by a process that died) are picked up at start-up.
     embedded_worker().wake()
+
+# Webhook retries left from before a restart resume (the sweeper runs only with background threads).
+sweeper_start()

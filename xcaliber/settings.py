@@ -268,6 +268,7 @@ SPECTACULAR_SETTINGS = {
         "InvitationStatusEnum": ["pending", "accepted", "revoked", "expired"],
         "ReadStatusEnum": "inference.models.ReadStatus",
         "ModelVersionStatusEnum": "inference.models.ModelVersionStatus",
+        "WebhookDeliveryStatusEnum": "clinics.webhooks.models.DeliveryStatus",
     },
 }
 
@@ -324,7 +325,20 @@ XCALIBER = {
     # credential (deactivated members and revoked keys are dropped).
     "WS_TICKET_SECONDS": env_int("XCALIBER_WS_TICKET_SECONDS", 30, minimum=5, maximum=600),
     "WS_RECHECK_SECONDS": env_int("XCALIBER_WS_RECHECK_SECONDS", 60, minimum=1, maximum=3600),
+    # Webhooks: failed attempts are retried with backoff for WEBHOOK_RETRY_HOURS after the first one; an
+    # endpoint is disabled after WEBHOOK_DISABLE_AFTER_FAILURES failed attempts in a row; the sweeper
+    # thread (XCALIBER_BACKGROUND=thread) looks for due retries every WEBHOOK_SWEEP_SECONDS (0: never,
+    # run ``manage.py webhooks_deliver`` instead).
+    "WEBHOOK_RETRY_HOURS": env_int("XCALIBER_WEBHOOK_RETRY_HOURS", 24, minimum=1, maximum=24 * 7),
+    "WEBHOOK_DISABLE_AFTER_FAILURES": env_int("XCALIBER_WEBHOOK_DISABLE_AFTER_FAILURES", 20, minimum=1),
+    "WEBHOOK_SWEEP_SECONDS": env_int("XCALIBER_WEBHOOK_SWEEP_SECONDS", 15, minimum=0, maximum=3600),
 }
+
+# Webhook targets that resolve to internal addresses are refused (SSRF) unless allowed here: LOOPBACK
+# allows 127.0.0.0/8 and ::1 only (tests, a receiver on the same machine); PRIVATE allows every private,
+# loopback, link-local and shared range, and plain http in production (a partner on the clinic's network).
+XCALIBER_WEBHOOKS_ALLOW_PRIVATE = env_bool("XCALIBER_WEBHOOKS_ALLOW_PRIVATE", False)
+XCALIBER_WEBHOOKS_ALLOW_LOOPBACK = env_bool("XCALIBER_WEBHOOKS_ALLOW_LOOPBACK", False)
 
 # Browser origins (scheme://host[:port]) allowed to open /ws/events/ besides the allowed hosts.
 XCALIBER_WS_ALLOWED_ORIGINS = env_list("XCALIBER_WS_ALLOWED_ORIGINS", ())

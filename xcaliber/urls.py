@@ -56,6 +56,7 @@ urlpatterns = [
     path("api/v1/", include("clinics.tenancy.api.urls")),
     path("api/v1/", include("clinics.records.api.urls")),
     path("api/v1/", include("clinics.events.api.urls")),
+    path("api/v1/", include("clinics.webhooks.api.urls")),
     path("api/v1/", include("inference.api.urls")),
     path("dicom-web/", include("clinics.records.dicomweb.urls")),
 ]

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from clinics.events.models import Event, EventCounter
 from clinics.events.realtime import run_on_server_loop
+from clinics.webhooks.tasks import webhooks_after_event
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ def event_emit(*, clinic_id: uuid.UUID, type: str, data: dict[str, Any]) -> Even
     )
     message = event.message()
     transaction.on_commit(lambda: event_push(clinic_id, message))
+    transaction.on_commit(
+        lambda: webhooks_after_event(event_id=event.id, clinic_id=clinic_id, event_type=type), robust=True
+    )
     return event
 
 
