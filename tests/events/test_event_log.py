@@ -57,9 +57,7 @@ def test_an_upload_and_its_read_are_logged_in_order(
     assert other["events"] == []
 
 
-def test_a_result_written_twice_reports_once(
-    cast: Cast, django_capture_on_commit_callbacks: Any
-) -> None:
+def test_a_result_written_twice_reports_once(cast: Cast, django_capture_on_commit_callbacks: Any) -> None:
     _capture(cast, django_capture_on_commit_callbacks, phantom_png(2, region="thorax"))
     [claimed] = services.read_claim_batch(limit=1)
     result: dict[str, Any] = {"findings": [], "report": "", "quality": [], "region_probabilities": {}}
