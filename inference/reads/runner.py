@@ -36,7 +36,7 @@ from inference.reads.report import draft_report
 from inference.reads.services import FindingResult
 from inference.registry import builtin_weights_path
 from inference.vocabulary import UnknownFinding, vocabulary
-from xcaliber.lib.radiograph import display_array
+from xcaliber.lib.radiograph import PERCENTILE_WINDOW, display_array
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,11 @@ logger = logging.getLogger(__name__)
 # radiographs exported as RGB JPEGs are grey (chroma near 0).
 COLOUR_CHROMA = 18.0
 MIN_SIDE = 256  # below this the model sees less than its input size: flagged low resolution
-MIN_CONTRAST = 12.0  # standard deviation of the 8-bit display: lower is flagged low contrast
-BLANK_CONTRAST = 2.0  # lower: nothing to read
+# Grey levels between the display's 0.5th and 99.5th percentiles. Below LOW_CONTRAST_SPAN (a washed-out
+# film, a dim phone photo of a light box) the image is stretched to the full range before the model sees
+# it, and flagged: unstretched, such images read as the wrong region. Below BLANK_SPAN there is nothing.
+LOW_CONTRAST_SPAN = 128.0
+BLANK_SPAN = 4.0
 REGION_WRONG = 0.5  # another region this likely, and the study's region unlikely: wrong region
 REGION_UNLIKELY = 0.2
 
@@ -143,10 +146,20 @@ def prepare(read: Read) -> Prepared:
         fitted = PILImage.fromarray(grey)
         fitted.thumbnail((side, side), PILImage.Resampling.BILINEAR)
         grey = np.asarray(fitted)
-    contrast = float(grey.std())
-    if contrast < BLANK_CONTRAST:
+    low, high = (float(v) for v in np.percentile(grey[::4, ::4], PERCENTILE_WINDOW))
+    if high - low < BLANK_SPAN:
         raise Unusable("image_blank", "The image is blank: there is nothing to read.")
     quality = []
+    if high - low < LOW_CONTRAST_SPAN:
+        stretched = (grey.astype(np.float32) - low) * (255.0 / (high - low))
+        grey = np.clip(stretched, 0, 255).astype(np.uint8)
+        quality.append(
+            {
+                "code": "low_contrast",
+                "detail": "The image has very little contrast (check the exposure); it was "
+                "contrast-stretched before reading.",
+            }
+        )
     if min(image.width, image.height) < MIN_SIDE:
         quality.append(
             {
@@ -154,10 +167,6 @@ def prepare(read: Read) -> Prepared:
                 "detail": f"The image is only {image.width}x{image.height} pixels: "
                 "findings are less reliable.",
             }
-        )
-    if contrast < MIN_CONTRAST:
-        quality.append(
-            {"code": "low_contrast", "detail": "The image has very little contrast; check the exposure."}
         )
     scale = (image.width / grey.shape[1], image.height / grey.shape[0])
     return Prepared(read, np.ascontiguousarray(grey), scale, quality, (time.perf_counter() - started) * 1e3)
