@@ -1,6 +1,6 @@
 """Architecture rules from DESIGN.md, checked on the source so a shortcut fails the suite.
 
-* Dependencies run one way: xcaliber.lib <- clinics <- billing <- inference.
+* Dependencies run one way: xcaliber.lib <- clinics <- billing <- inference <- referrals.
 * API views never query models themselves: fetching by id goes through an
   ``access_*`` function and lists through selectors, both clinic-scoped.
 * Only the ``access`` modules and the kernel may fetch tenant rows by a client's id.
@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = ("clinics", "billing", "inference")
+APPS = ("clinics", "billing", "inference", "referrals")
 FORBIDDEN_IMPORTS = {
-    "xcaliber/lib": ("clinics", "billing", "inference"),
-    "clinics": ("billing", "inference"),
-    "billing": ("inference",),
+    "xcaliber/lib": ("clinics", "billing", "inference", "referrals"),
+    "clinics": ("billing", "inference", "referrals"),
+    "billing": ("inference", "referrals"),
+    "inference": ("referrals",),
 }
 
 

@@ -58,7 +58,7 @@ def make_done_read(clinic: Clinic, study: Study | None = None, version: ModelVer
     """A done read of a new PNG image: cardiomegaly positive (with a stored heatmap), effusion negative,
     and a VHS measurement."""
     study = study or make_study(clinic, body_region="thorax")
-    image = make_image(study)
+    image = make_image(study, seed=uuid.uuid4().int % 1_000_000)  # distinct bytes per read
     version = version or make_model_version()
     read = Read.objects.create(
         clinic=clinic,

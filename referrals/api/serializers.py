@@ -1,0 +1,172 @@
+"""Serializers of partnerships and referrals. What a hospital sees of the sending clinic is exactly what
+these name: the study's clinical fields, the animal (no owner details), the chosen images, their reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from clinics.records.models import Image, Patient, Study
+from clinics.tenancy.models import Clinic
+from inference.api.read_serializers import ReadOutputSerializer
+from referrals.models import HospitalProfile, Partnership, Referral, Urgency
+
+
+class ClinicSummarySerializer(serializers.ModelSerializer[Clinic]):
+    class Meta:
+        model = Clinic
+        fields = ("id", "name", "kind", "country")
+        read_only_fields = fields
+
+
+class HospitalOutputSerializer(serializers.Serializer[Any]):
+    id = serializers.UUIDField(source="hospital.id")
+    name = serializers.CharField(source="hospital.name")
+    country = serializers.CharField(source="hospital.country")
+    description = serializers.CharField()
+    sla_routine_hours = serializers.IntegerField()
+    sla_urgent_hours = serializers.IntegerField()
+    sla_stat_hours = serializers.IntegerField()
+
+
+class HospitalProfileSerializer(serializers.ModelSerializer[HospitalProfile]):
+    class Meta:
+        model = HospitalProfile
+        fields = (
+            "listed",
+            "description",
+            "sla_routine_hours",
+            "sla_urgent_hours",
+            "sla_stat_hours",
+            "retention_days",
+        )
+        extra_kwargs = {
+            "sla_routine_hours": {"min_value": 1, "max_value": 24 * 30},
+            "sla_urgent_hours": {"min_value": 1, "max_value": 24 * 7},
+            "sla_stat_hours": {"min_value": 1, "max_value": 48},
+            "retention_days": {"min_value": 0, "max_value": 3650},
+        }
+
+
+class PartnershipOutputSerializer(serializers.ModelSerializer[Partnership]):
+    clinic = ClinicSummarySerializer()
+    hospital = ClinicSummarySerializer()
+
+    class Meta:
+        model = Partnership
+        fields = ("id", "clinic", "hospital", "status", "message", "created_at", "decided_at", "revoked_at")
+        read_only_fields = fields
+
+
+class PartnershipCreateInputSerializer(serializers.Serializer[Any]):
+    hospital_id = serializers.UUIDField()
+    message = serializers.CharField(max_length=500, required=False, allow_blank=True)
+
+
+class ReferralPatientSerializer(serializers.ModelSerializer[Patient]):
+    """The animal, without the owner's name or contact."""
+
+    class Meta:
+        model = Patient
+        fields = ("name", "species", "breed", "sex", "birth_date", "weight_kg")
+        read_only_fields = fields
+
+
+class ReferralStudySerializer(serializers.ModelSerializer[Study]):
+    patient = ReferralPatientSerializer()
+
+    class Meta:
+        model = Study
+        fields = ("id", "body_region", "description", "study_date", "patient")
+        read_only_fields = fields
+
+
+class ReferralImageSerializer(serializers.ModelSerializer[Image]):
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Image
+        fields = ("id", "source", "media_type", "width", "height", "view", "links")
+        read_only_fields = fields
+
+    def get_links(self, image: Image) -> dict[str, str]:
+        referral_id = self.context["referral_id"]
+        kwargs = {"referral_id": referral_id, "image_id": image.id}
+        return {
+            "original": reverse("referral-image-original", kwargs=kwargs),
+            "preview": reverse("referral-image-preview", kwargs=kwargs),
+        }
+
+
+class ReferralOutputSerializer(serializers.ModelSerializer[Referral]):
+    clinic = ClinicSummarySerializer()
+    hospital = ClinicSummarySerializer()
+    assignee = serializers.SerializerMethodField()
+    overdue = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Referral
+        fields: tuple[str, ...] = (
+            "id",
+            "clinic",
+            "hospital",
+            "study_id",
+            "read_id",
+            "urgency",
+            "status",
+            "question",
+            "history",
+            "assignee",
+            "sla_due_at",
+            "overdue",
+            "decline_reason",
+            "created_at",
+            "accepted_at",
+            "reported_at",
+            "closed_at",
+            "cancelled_at",
+        )
+        read_only_fields: tuple[str, ...] = fields
+
+    def get_assignee(self, referral: Referral) -> str | None:
+        return referral.assignee.email if referral.assignee else None
+
+    def get_overdue(self, referral: Referral) -> bool:
+        from django.utils import timezone
+
+        open_states = {"requested", "accepted", "in_review"}
+        return referral.status in open_states and referral.sla_due_at < timezone.now()
+
+
+class ReferralDetailOutputSerializer(serializers.Serializer[Any]):
+    referral = ReferralOutputSerializer()
+    study = ReferralStudySerializer()
+    images = ReferralImageSerializer(many=True)
+    reads = ReadOutputSerializer(many=True)
+
+
+class ReferralCreateInputSerializer(serializers.Serializer[Any]):
+    study_id = serializers.UUIDField()
+    hospital_id = serializers.UUIDField()
+    urgency = serializers.ChoiceField(choices=Urgency.choices, default=Urgency.ROUTINE)
+    question = serializers.CharField(max_length=4000)
+    history = serializers.CharField(max_length=8000, required=False, allow_blank=True)
+    image_ids = serializers.ListField(
+        child=serializers.UUIDField(), required=False, max_length=200, help_text="Default: every image."
+    )
+    read_id = serializers.UUIDField(required=False, help_text="Refer straight from this AI read.")
+
+
+class ReferralFilterSerializer(serializers.Serializer[Any]):
+    direction = serializers.ChoiceField(choices=["sent", "received"], required=False)
+    status = serializers.CharField(required=False, max_length=16)
+
+
+class ReferralDeclineInputSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(max_length=500)
+
+
+class ReferralAssignInputSerializer(serializers.Serializer[Any]):
+    email = serializers.EmailField(help_text="The specialist: an active vet or admin of the hospital.")

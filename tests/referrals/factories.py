@@ -1,0 +1,42 @@
+"""Hospitals, partnerships and referrals made directly, for the sweep and lists."""
+
+from __future__ import annotations
+
+from clinics.tenancy.models import Clinic, Role
+from referrals.models import HospitalProfile, Partnership, PartnershipStatus, Referral, ReferralImage
+from tests.conftest import make_clinic, make_member
+from tests.records.factories import make_image, make_study
+
+
+def make_hospital(name: str = "Seoul Referral Hospital", *, listed: bool = True) -> Clinic:
+    hospital = make_clinic(name, kind="hospital")
+    HospitalProfile.objects.create(hospital=hospital, listed=listed)
+    for role in (Role.OWNER, Role.ADMIN, Role.VET):
+        make_member(hospital, role)
+    return hospital
+
+
+def make_partnership(clinic: Clinic, hospital: Clinic | None = None, *, active: bool = True) -> Partnership:
+    return Partnership.objects.create(
+        clinic=clinic,
+        hospital=hospital or make_hospital(),
+        status=PartnershipStatus.ACTIVE if active else PartnershipStatus.REQUESTED,
+    )
+
+
+def make_referral(clinic: Clinic) -> Referral:
+    from django.utils import timezone
+
+    partnership = make_partnership(clinic)
+    study = make_study(clinic, body_region="thorax")
+    image = make_image(study)
+    referral = Referral.objects.create(
+        clinic=clinic,
+        hospital=partnership.hospital,
+        partnership=partnership,
+        study=study,
+        question="Is the heart enlarged?",
+        sla_due_at=timezone.now(),
+    )
+    ReferralImage.objects.create(referral=referral, image=image)
+    return referral

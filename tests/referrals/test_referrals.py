@@ -1,0 +1,266 @@
+"""Partnerships and the referral lifecycle through HTTP, with the exact sharing a referral allows."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from clinics.events.models import Event
+from clinics.records.models import Image, Study
+from clinics.tenancy.models import AuditEntry, Clinic, Membership, Role
+from referrals.models import Partnership, Referral
+from tests.conftest import Cast, bearer_client, make_member
+from tests.inference.factories import make_done_read
+from tests.records.factories import make_image, make_study
+from tests.referrals.factories import make_hospital
+
+pytestmark = pytest.mark.django_db
+
+
+@dataclass
+class Hospital:
+    clinic: Clinic
+
+    def client(self, role: str, index: int = 0) -> APIClient:
+        members = Membership.objects.filter(clinic=self.clinic, role=role).order_by("created_at")
+        return bearer_client(members[index].user)
+
+
+@pytest.fixture
+def hospital() -> Hospital:
+    clinic = make_hospital()
+    make_member(clinic, Role.VET)  # a second specialist
+    make_member(clinic, Role.TECHNICIAN)
+    return Hospital(clinic)
+
+
+@pytest.fixture
+def partnered(cast: Cast, hospital: Hospital) -> Hospital:
+    response = cast.client(Role.ADMIN).post("/api/v1/partnerships/", {"hospital_id": str(hospital.clinic.id)})
+    assert response.status_code == 201, response.content
+    accepted = hospital.client(Role.ADMIN).post(f"/api/v1/partnerships/{response.json()['id']}/accept/")
+    assert accepted.status_code == 200, accepted.content
+    return hospital
+
+
+@dataclass
+class Shared:
+    study: Study
+    chosen: Image
+    other: Image
+    referral: dict[str, Any]
+
+
+@pytest.fixture
+def shared(cast: Cast, partnered: Hospital) -> Shared:
+    study = make_study(cast.clinic, body_region="thorax")
+    read = make_done_read(cast.clinic, study=study)
+    chosen = read.image
+    other = make_image(study, seed=5)
+    make_done_read(cast.clinic, study=study, version=read.model_version)  # a read of a third image
+    response = cast.client(Role.VET).post(
+        "/api/v1/referrals/",
+        {
+            "study_id": str(study.id),
+            "hospital_id": str(partnered.clinic.id),
+            "urgency": "urgent",
+            "question": "Cardiomegaly on the AI read: do you agree?",
+            "history": "Coughing for two weeks.",
+            "image_ids": [str(chosen.id)],
+            "read_id": str(read.id),
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    return Shared(study, chosen, other, response.json())
+
+
+def test_the_directory_and_a_partnership(cast: Cast, hospital: Hospital, problem: Any) -> None:
+    hidden = make_hospital("Unlisted Hospital", listed=False)
+    listed = cast.client(Role.VIEWER).get("/api/v1/hospitals/").json()
+    assert [h["name"] for h in listed] == ["Seoul Referral Hospital"]
+    problem(cast.client(Role.ADMIN).post("/api/v1/partnerships/", {"hospital_id": str(hidden.id)}), 404)
+    problem(
+        cast.client(Role.VET).post("/api/v1/partnerships/", {"hospital_id": str(hospital.clinic.id)}), 403
+    )
+    created = cast.client(Role.ADMIN).post("/api/v1/partnerships/", {"hospital_id": str(hospital.clinic.id)})
+    assert created.status_code == 201
+    assert created.json()["status"] == "requested"
+    again = cast.client(Role.ADMIN).post("/api/v1/partnerships/", {"hospital_id": str(hospital.clinic.id)})
+    problem(again, 409, "partnership_exists")
+    partnership_id = created.json()["id"]
+    problem(
+        cast.client(Role.ADMIN).post(f"/api/v1/partnerships/{partnership_id}/accept/"),
+        403,
+        "hospital_decides",
+    )
+    inbox = hospital.client(Role.ADMIN).get("/api/v1/partnerships/").json()["results"]
+    assert [p["id"] for p in inbox] == [partnership_id]
+    accepted = hospital.client(Role.ADMIN).post(f"/api/v1/partnerships/{partnership_id}/accept/")
+    assert accepted.json()["status"] == "active"
+    problem(hospital.client(Role.ADMIN).post(f"/api/v1/partnerships/{partnership_id}/decline/"), 409)
+    assert Event.objects.filter(clinic=cast.clinic, type="partnership.active").count() == 1
+
+
+def test_a_hospital_profile_sets_the_sla(cast: Cast, hospital: Hospital, problem: Any) -> None:
+    admin = hospital.client(Role.ADMIN)
+    response = admin.patch(
+        "/api/v1/hospital-profile/", {"sla_stat_hours": 1, "description": "24/7"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["sla_stat_hours"] == 1
+    problem(admin.patch("/api/v1/hospital-profile/", {"sla_stat_hours": 0}, format="json"), 400)
+    problem(cast.client(Role.OWNER).patch("/api/v1/hospital-profile/", {"listed": True}, format="json"), 403)
+    problem(cast.client(Role.VIEWER).get("/api/v1/hospital-profile/"), 404)
+
+
+def test_a_referral_shares_exactly_the_chosen_images_and_their_reads(
+    cast: Cast, partnered: Hospital, shared: Shared
+) -> None:
+    referral = shared.referral
+    assert referral["status"] == "requested"
+    due = datetime.datetime.fromisoformat(referral["sla_due_at"].replace("Z", "+00:00"))
+    assert abs((due - timezone.now()) - datetime.timedelta(hours=12)) < datetime.timedelta(minutes=1)
+    specialist = partnered.client(Role.VET)
+    inbox = specialist.get("/api/v1/referrals/?direction=received").json()["results"]
+    assert [r["id"] for r in inbox] == [referral["id"]]
+    detail = specialist.get(f"/api/v1/referrals/{referral['id']}/")
+    assert detail.status_code == 200, detail.content
+    body = detail.json()
+    assert body["study"]["patient"]["name"] == "Bori"
+    assert "owner_name" not in body["study"]["patient"]
+    assert [image["id"] for image in body["images"]] == [str(shared.chosen.id)]
+    assert {read["image_id"] for read in body["reads"]} == {str(shared.chosen.id)}
+    assert body["reads"][0]["findings"][0]["code"] == "cardiomegaly"
+    original = specialist.get(body["images"][0]["links"]["original"])
+    assert original.status_code == 200
+    # Nothing else of the clinic: not the other image, not the study or image routes themselves.
+    base = f"/api/v1/referrals/{referral['id']}/images"
+    assert specialist.get(f"{base}/{shared.other.id}/original/").status_code == 404
+    assert specialist.get(f"/api/v1/images/{shared.chosen.id}/").status_code == 404
+    assert specialist.get(f"/api/v1/studies/{shared.study.id}/").status_code == 404
+    assert specialist.get(f"/api/v1/studies/{shared.study.id}/reads/").status_code == 404
+    # Both clinics hear about it and audit it.
+    for clinic in (cast.clinic, partnered.clinic):
+        assert Event.objects.filter(clinic=clinic, type="referral.requested").count() == 1
+        assert AuditEntry.objects.filter(clinic=clinic, action="referral.requested").count() == 1
+
+
+def test_the_lifecycle_and_two_specialists_accepting(
+    cast: Cast, partnered: Hospital, shared: Shared, problem: Any
+) -> None:
+    url = f"/api/v1/referrals/{shared.referral['id']}"
+    first, second = partnered.client(Role.VET, 0), partnered.client(Role.VET, 1)
+    problem(cast.client(Role.OWNER).post(f"{url}/accept/"), 403, "hospital_only")
+    problem(partnered.client(Role.TECHNICIAN).post(f"{url}/accept/"), 403, "role_insufficient")
+    won = first.post(f"{url}/accept/")
+    assert won.status_code == 200, won.content
+    assert won.json()["status"] == "accepted"
+    lost = second.post(f"{url}/accept/")
+    problem(lost, 409, "referral_state")
+    assignee = Referral.objects.get().assignee
+    assert assignee is not None
+    assert assignee.email == won.json()["assignee"]
+    problem(second.post(f"{url}/start-review/"), 403, "not_assignee")
+    vet_two = Membership.objects.filter(clinic=partnered.clinic, role=Role.VET).order_by("created_at")[1].user
+    assigned = partnered.client(Role.ADMIN).post(f"{url}/assign/", {"email": vet_two.email}, format="json")
+    assert assigned.json()["assignee"] == vet_two.email
+    problem(
+        partnered.client(Role.ADMIN).post(f"{url}/assign/", {"email": "nobody@x.test"}, format="json"), 422
+    )
+    started = second.post(f"{url}/start-review/")
+    assert started.json()["status"] == "in_review"
+    problem(partnered.client(Role.VET).post(f"{url}/cancel/"), 403, "sender_only")
+    cancelled = cast.client(Role.VET).post(f"{url}/cancel/")
+    assert cancelled.json()["status"] == "cancelled"
+    # The hospital's access ends at once; the sender still sees its referral.
+    assert second.get(f"{url}/").status_code == 404
+    assert second.get(f"{url}/images/{shared.chosen.id}/original/").status_code == 404
+    assert cast.client(Role.VIEWER).get(f"{url}/").status_code == 200
+    problem(cast.client(Role.VET).post(f"{url}/cancel/"), 409, "referral_state")
+    types = list(Event.objects.filter(clinic=cast.clinic).values_list("type", flat=True))
+    assert [t for t in types if t.startswith("referral.")] == [
+        "referral.requested",
+        "referral.accepted",
+        "referral.assigned",
+        "referral.in_review",
+        "referral.cancelled",
+    ]
+
+
+def test_declining_and_revoking_end_access(
+    cast: Cast, partnered: Hospital, shared: Shared, problem: Any
+) -> None:
+    url = f"/api/v1/referrals/{shared.referral['id']}"
+    problem(partnered.client(Role.VET).post(f"{url}/decline/", {}, format="json"), 400)
+    declined = partnered.client(Role.VET).post(f"{url}/decline/", {"reason": "Out of scope"}, format="json")
+    assert declined.json()["status"] == "declined"
+    assert partnered.client(Role.VET).get(f"{url}/").status_code == 404
+    assert cast.client(Role.VET).get(f"{url}/").json()["referral"]["decline_reason"] == "Out of scope"
+
+    again = cast.client(Role.VET).post(
+        "/api/v1/referrals/",
+        {
+            "study_id": str(shared.study.id),
+            "hospital_id": str(partnered.clinic.id),
+            "question": "Second look?",
+        },
+        format="json",
+    )
+    assert again.status_code == 201
+    assert partnered.client(Role.VET).get(f"/api/v1/referrals/{again.json()['id']}/").status_code == 200
+    partnership = Partnership.objects.get()
+    revoked = cast.client(Role.ADMIN).post(f"/api/v1/partnerships/{partnership.id}/revoke/")
+    assert revoked.json()["status"] == "revoked"
+    assert partnered.client(Role.VET).get(f"/api/v1/referrals/{again.json()['id']}/").status_code == 404
+    problem(
+        cast.client(Role.VET).post(
+            "/api/v1/referrals/",
+            {"study_id": str(shared.study.id), "hospital_id": str(partnered.clinic.id), "question": "Third?"},
+            format="json",
+        ),
+        422,
+        "partnership_required",
+    )
+
+
+def test_bad_referrals_create_nothing(cast: Cast, partnered: Hospital, problem: Any) -> None:
+    study = make_study(cast.clinic)
+    make_image(study)
+    foreign_study = make_study(cast.other_clinic)
+    foreign_image = make_image(foreign_study)
+    vet = cast.client(Role.VET)
+    base = {"hospital_id": str(partnered.clinic.id), "question": "?"}
+    before = Referral.objects.count(), Event.objects.count()
+    problem(vet.post("/api/v1/referrals/", {**base, "study_id": str(foreign_study.id)}, format="json"), 404)
+    problem(
+        vet.post(
+            "/api/v1/referrals/",
+            {**base, "study_id": str(study.id), "image_ids": [str(foreign_image.id)]},
+            format="json",
+        ),
+        422,
+        "image_not_in_study",
+    )
+    problem(
+        vet.post("/api/v1/referrals/", {**base, "study_id": str(study.id), "urgency": "now"}, format="json"),
+        400,
+    )
+    problem(
+        vet.post(
+            "/api/v1/referrals/", {**base, "study_id": str(study.id), "read_id": str(study.id)}, format="json"
+        ),
+        422,
+    )
+    problem(
+        cast.client(Role.TECHNICIAN).post(
+            "/api/v1/referrals/", {**base, "study_id": str(study.id)}, format="json"
+        ),
+        403,
+    )
+    assert (Referral.objects.count(), Event.objects.count()) == before
