@@ -139,3 +139,42 @@ class ReferralImage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.image_id} in {self.referral_id}"
+
+
+class ConsultReport(models.Model):
+    """The specialist's report. Editable as a draft; once signed its text never changes (addenda only).
+
+    ``findings``: a list of ``{"code", "present", "ai_agreement", "note"}`` with vocabulary codes;
+    ``ai_agreement`` is ``agree``/``disagree`` with the AI finding of that code, or ``not_assessed``.
+    """
+
+    referral = models.OneToOneField(
+        Referral, primary_key=True, on_delete=models.CASCADE, related_name="report"
+    )
+    findings = models.JSONField(default=list)
+    conclusion = models.TextField(max_length=8000, blank=True)
+    recommendations = models.TextField(max_length=8000, blank=True)
+    author = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
+    signed_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    signed_name = models.CharField(max_length=200, blank=True, help_text="The signer's name at signing")
+    signed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(default=now)
+
+    def __str__(self) -> str:
+        return f"report of {self.referral_id}"
+
+
+class ReportAddendum(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    report = models.ForeignKey(ConsultReport, on_delete=models.CASCADE, related_name="addenda")
+    text = models.TextField(max_length=4000)
+    author = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
+    author_name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"addendum to {self.report_id}"

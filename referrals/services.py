@@ -228,7 +228,7 @@ def referral_create(
     return referral
 
 
-def _transition(
+def transition(
     referral: Referral,
     *,
     actor: Actor,
@@ -261,7 +261,7 @@ def referral_accept(*, actor: Actor, referral: Referral) -> Referral:
     extra: dict[str, Any] = {"accepted_at": timezone.now()}
     if assignee is not None:
         extra["assignee"] = assignee
-    return _transition(
+    return transition(
         referral,
         actor=actor,
         action="accepted",
@@ -273,7 +273,7 @@ def referral_accept(*, actor: Actor, referral: Referral) -> Referral:
 
 def referral_decline(*, actor: Actor, referral: Referral, reason: str) -> Referral:
     _hospital_only(referral, actor, Role.VET)
-    return _transition(
+    return transition(
         referral,
         actor=actor,
         action="declined",
@@ -314,7 +314,7 @@ def referral_start_review(*, actor: Actor, referral: Referral) -> Referral:
     extra: dict[str, Any] = {}
     if referral.assignee_id is None and actor.user is not None:
         extra["assignee"] = actor.user
-    return _transition(
+    return transition(
         referral,
         actor=actor,
         action="in_review",
@@ -328,7 +328,7 @@ def referral_cancel(*, actor: Actor, referral: Referral) -> Referral:
     """The sender withdraws the referral before it is reported; the hospital's access ends at once."""
     if _side(referral, actor) != "sender":
         raise Forbidden("Only the referring clinic can cancel a referral.", code="sender_only")
-    return _transition(
+    return transition(
         referral,
         actor=actor,
         action="cancelled",
@@ -358,3 +358,15 @@ def hospital_for(*, actor: Actor, hospital_id: uuid.UUID) -> Clinic:
 
 def images_of(referral: Referral) -> list[Image]:
     return list(Image.objects.filter(referral_shares__referral=referral).order_by("created_at"))
+
+
+def referral_close(*, actor: Actor, referral: Referral) -> Referral:
+    """Either side closes a reported referral; the hospital keeps access for its retention period."""
+    return transition(
+        referral,
+        actor=actor,
+        action="closed",
+        allowed_from=[ReferralStatus.REPORTED],
+        to=ReferralStatus.CLOSED,
+        extra={"closed_at": timezone.now()},
+    )

@@ -170,3 +170,45 @@ class ReferralDeclineInputSerializer(serializers.Serializer[Any]):
 
 class ReferralAssignInputSerializer(serializers.Serializer[Any]):
     email = serializers.EmailField(help_text="The specialist: an active vet or admin of the hospital.")
+
+
+class ReportFindingSerializer(serializers.Serializer[Any]):
+    code = serializers.CharField(max_length=64, help_text="A code of the findings vocabulary.")
+    present = serializers.BooleanField()
+    ai_agreement = serializers.ChoiceField(
+        choices=["agree", "disagree", "not_assessed"],
+        default="not_assessed",
+        help_text="With the AI finding.",
+    )
+    note = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+
+
+class ReportDraftInputSerializer(serializers.Serializer[Any]):
+    findings = ReportFindingSerializer(many=True, required=False)
+    conclusion = serializers.CharField(max_length=8000, required=False, allow_blank=True)
+    recommendations = serializers.CharField(max_length=8000, required=False, allow_blank=True)
+
+
+class AddendumSerializer(serializers.Serializer[Any]):
+    id = serializers.UUIDField(read_only=True)
+    text = serializers.CharField(max_length=4000)
+    author_name = serializers.CharField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+
+
+class ReportOutputSerializer(serializers.Serializer[Any]):
+    referral_id = serializers.UUIDField()
+    findings = ReportFindingSerializer(many=True)
+    conclusion = serializers.CharField()
+    recommendations = serializers.CharField()
+    signed = serializers.SerializerMethodField()
+    signed_name = serializers.CharField()
+    signed_at = serializers.DateTimeField(allow_null=True)
+    addenda = AddendumSerializer(many=True)
+    pdf_url = serializers.SerializerMethodField()
+
+    def get_signed(self, report: Any) -> bool:
+        return report.signed_at is not None
+
+    def get_pdf_url(self, report: Any) -> str:
+        return reverse("referral-report-pdf", kwargs={"referral_id": report.referral_id})

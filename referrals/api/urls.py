@@ -36,6 +36,23 @@ urlpatterns = [
         name="referral-start-review",
     ),
     path("referrals/<uuid:referral_id>/cancel/", views.ReferralCancelView.as_view(), name="referral-cancel"),
+    path("referrals/<uuid:referral_id>/close/", views.ReferralCloseView.as_view(), name="referral-close"),
+    path("referrals/<uuid:referral_id>/report/", views.ReferralReportView.as_view(), name="referral-report"),
+    path(
+        "referrals/<uuid:referral_id>/report/sign/",
+        views.ReferralReportSignView.as_view(),
+        name="referral-report-sign",
+    ),
+    path(
+        "referrals/<uuid:referral_id>/report/addenda/",
+        views.ReferralReportAddendumView.as_view(),
+        name="referral-report-addendum",
+    ),
+    path(
+        "referrals/<uuid:referral_id>/report/pdf/",
+        views.ReferralReportPdfView.as_view(),
+        name="referral-report-pdf",
+    ),
     path(
         "referrals/<uuid:referral_id>/images/<uuid:image_id>/original/",
         views.ReferralImageOriginalView.as_view(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar
 
+from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -21,7 +22,7 @@ from clinics.tenancy.api.base import (
     query_filters,
 )
 from clinics.tenancy.models import Role
-from referrals import selectors, services
+from referrals import reports, selectors, services
 from referrals.access import (
     access_partnership,
     access_referral,
@@ -376,3 +377,115 @@ class ReferralImagePreviewView(_ReferralImageFileView):
     )
     def get(self, request: Request, referral_id: uuid.UUID, image_id: uuid.UUID) -> Any:
         return self.download(referral_id, image_id)
+
+
+class ReferralCloseView(_ReferralActionView):
+    required_roles = {"post": Role.VET}
+
+    @extend_schema(
+        operation_id="referrals_close",
+        tags=[TAG],
+        summary="Close a reported referral (either side); the hospital keeps access for its retention",
+        request=None,
+        responses={200: s.ReferralOutputSerializer},
+    )
+    def post(self, request: Request, referral_id: uuid.UUID) -> Response:
+        return self.act(request, referral_id)
+
+    def perform_action(self, request: Request, referral: Any) -> Any:
+        return services.referral_close(actor=self.actor, referral=referral)
+
+
+class ReferralReportView(ClinicAPIView):
+    required_roles = {"get": Role.VIEWER, "put": Role.VET}
+    extra_problem_statuses = {"put": (409, 422)}
+
+    @extend_schema(
+        operation_id="referrals_report_retrieve",
+        tags=[TAG],
+        summary="The consult report: the hospital sees its draft, the referring clinic the signed report",
+        responses={200: s.ReportOutputSerializer},
+    )
+    def get(self, request: Request, referral_id: uuid.UUID) -> Response:
+        referral = access_referral(actor=self.actor, referral_id=referral_id)
+        return Response(
+            s.ReportOutputSerializer(reports.report_for(actor=self.actor, referral=referral)).data
+        )
+
+    @extend_schema(
+        operation_id="referrals_report_save",
+        tags=[TAG],
+        summary="Save the draft: structured findings (vocabulary codes, agreement with the AI), conclusion, "
+        "recommendations (the assigned specialist, while in review)",
+        request=s.ReportDraftInputSerializer,
+        responses={200: s.ReportOutputSerializer},
+    )
+    def put(self, request: Request, referral_id: uuid.UUID) -> Response:
+        referral = access_referral(actor=self.actor, referral_id=referral_id)
+        data = s.ReportDraftInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = {k: v for k, v in data.validated_data.items()}
+        if "findings" in values:
+            values["findings"] = [dict(item) for item in values["findings"]]
+        report = reports.report_save_draft(actor=self.actor, referral=referral, **values)
+        return Response(
+            s.ReportOutputSerializer(reports.report_for(actor=self.actor, referral=report.referral)).data
+        )
+
+
+class ReferralReportSignView(ClinicAPIView):
+    required_roles = {"post": Role.VET}
+    extra_problem_statuses = {"post": (409, 422)}
+
+    @extend_schema(
+        operation_id="referrals_report_sign",
+        tags=[TAG],
+        summary="Sign the report: its text is frozen and the referral is reported",
+        request=None,
+        responses={200: s.ReportOutputSerializer},
+    )
+    def post(self, request: Request, referral_id: uuid.UUID) -> Response:
+        referral = access_referral(actor=self.actor, referral_id=referral_id)
+        report = reports.report_sign(actor=self.actor, referral=referral)
+        return Response(
+            s.ReportOutputSerializer(reports.report_for(actor=self.actor, referral=report.referral)).data
+        )
+
+
+class ReferralReportAddendumView(ClinicAPIView):
+    required_roles = {"post": Role.VET}
+    extra_problem_statuses = {"post": (409,)}
+
+    @extend_schema(
+        operation_id="referrals_report_addendum",
+        tags=[TAG],
+        summary="Add an addendum to a signed report (signed text is never edited)",
+        request=s.AddendumSerializer,
+        responses={201: s.AddendumSerializer},
+    )
+    def post(self, request: Request, referral_id: uuid.UUID) -> Response:
+        referral = access_referral(actor=self.actor, referral_id=referral_id)
+        data = s.AddendumSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        addendum = reports.report_add_addendum(
+            actor=self.actor, referral=referral, text=data.validated_data["text"]
+        )
+        return Response(s.AddendumSerializer(addendum).data, status=status.HTTP_201_CREATED)
+
+
+class ReferralReportPdfView(ClinicAPIView):
+    required_roles = {"get": Role.VIEWER}
+
+    @extend_schema(
+        operation_id="referrals_report_pdf",
+        tags=[TAG],
+        summary="The consult report as a PDF, for printing or sending to the owner",
+        responses={(200, "application/pdf"): bytes},
+    )
+    def get(self, request: Request, referral_id: uuid.UUID) -> HttpResponse:
+        referral = access_referral(actor=self.actor, referral_id=referral_id)
+        report = reports.report_for(actor=self.actor, referral=referral)
+        response = HttpResponse(reports.report_pdf(report), content_type="application/pdf")
+        response["Content-Disposition"] = f'inline; filename="consult-{referral.id}.pdf"'
+        response["Cache-Control"] = "private, no-store"
+        return response

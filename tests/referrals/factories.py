@@ -40,3 +40,17 @@ def make_referral(clinic: Clinic) -> Referral:
     )
     ReferralImage.objects.create(referral=referral, image=image)
     return referral
+
+
+def make_reported_referral(clinic: Clinic) -> Referral:
+    """A referral with a signed consult report (status ``reported``)."""
+    from django.utils import timezone
+
+    from referrals.models import ConsultReport, ReferralStatus
+
+    referral = make_referral(clinic)
+    Referral.objects.filter(id=referral.id).update(status=ReferralStatus.REPORTED, reported_at=timezone.now())
+    ConsultReport.objects.create(
+        referral=referral, conclusion="Normal thorax.", signed_name="Dr. Kim", signed_at=timezone.now()
+    )
+    return referral

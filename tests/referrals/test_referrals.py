@@ -264,3 +264,80 @@ def test_bad_referrals_create_nothing(cast: Cast, partnered: Hospital, problem: 
         403,
     )
     assert (Referral.objects.count(), Event.objects.count()) == before
+
+
+def test_from_ai_read_to_signed_report_and_pdf(
+    cast: Cast, partnered: Hospital, shared: Shared, problem: Any
+) -> None:
+    """The whole consult: accepted, reviewed, a structured report agreeing with the AI, signed, an addendum,
+    the sender reads it and prints the PDF, then closes the referral."""
+    import io
+
+    import pypdf
+
+    url = f"/api/v1/referrals/{shared.referral['id']}"
+    specialist = partnered.client(Role.VET)
+    assert specialist.post(f"{url}/accept/").status_code == 200
+    draft = {
+        "findings": [
+            {
+                "code": "cardiomegaly",
+                "present": True,
+                "ai_agreement": "agree",
+                "note": "VHS 11.9 on my measure",
+            },
+            {"code": "left_atrial_enlargement", "present": True},
+        ],
+        "conclusion": "Cardiomegaly with left atrial enlargement — consistent with MMVD stage B2.",
+        "recommendations": "Echocardiography; start pimobendan.",
+    }
+    problem(specialist.put(f"{url}/report/", draft, format="json"), 409, "referral_state")  # not in review
+    assert specialist.post(f"{url}/start-review/").status_code == 200
+    problem(
+        specialist.put(
+            f"{url}/report/", {**draft, "findings": [{"code": "heart_big", "present": True}]}, format="json"
+        ),
+        400,
+        "finding_code_unknown",
+    )
+    problem(
+        specialist.put(
+            f"{url}/report/",
+            {**draft, "findings": [{"code": "pneumothorax", "present": False, "ai_agreement": "agree"}]},
+            format="json",
+        ),
+        422,
+        "ai_finding_missing",
+    )
+    saved = specialist.put(f"{url}/report/", draft, format="json")
+    assert saved.status_code == 200, saved.content
+    assert saved.json()["signed"] is False
+    assert cast.client(Role.VET).get(f"{url}/report/").status_code == 404  # drafts stay in the hospital
+    problem(cast.client(Role.VET).put(f"{url}/report/", draft, format="json"), 403, "hospital_only")
+    signed = specialist.post(f"{url}/report/sign/")
+    assert signed.status_code == 200, signed.content
+    assert signed.json()["signed"] is True
+    assert cast.client(Role.VIEWER).get(f"{url}/").json()["referral"]["status"] == "reported"
+    problem(specialist.put(f"{url}/report/", {"conclusion": "changed"}, format="json"), 409, "referral_state")
+    problem(specialist.post(f"{url}/report/sign/"), 409)
+    addendum = specialist.post(f"{url}/report/addenda/", {"text": "Echo confirmed MMVD."}, format="json")
+    assert addendum.status_code == 201
+    report = cast.client(Role.VIEWER).get(f"{url}/report/").json()
+    assert report["conclusion"] == draft["conclusion"]
+    assert [a["text"] for a in report["addenda"]] == ["Echo confirmed MMVD."]
+    pdf = cast.client(Role.VIEWER).get(report["pdf_url"])
+    assert pdf["Content-Type"] == "application/pdf"
+    text = "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf.content)).pages)
+    assert "Cardiomegaly: present; agrees with the AI" in text
+    assert "MMVD stage B2" in text
+    assert "Echo confirmed MMVD." in text
+    closed = cast.client(Role.VET).post(f"{url}/close/")
+    assert closed.json()["status"] == "closed"
+    assert specialist.get(f"{url}/report/").status_code == 200  # within the hospital's retention
+    Referral.objects.filter(id=shared.referral["id"]).update(
+        closed_at=timezone.now() - datetime.timedelta(days=31)
+    )
+    assert specialist.get(f"{url}/").status_code == 404  # past it
+    types = [t for t in Event.objects.filter(clinic=partnered.clinic).values_list("type", flat=True)]
+    assert "referral.reported" in types
+    assert "referral.closed" in types
