@@ -110,6 +110,7 @@ class Referral(models.Model):
     reported_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    overdue_notified_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(default=now)
 
     class Meta:

@@ -104,7 +104,7 @@ class ReferralOutputSerializer(serializers.ModelSerializer[Referral]):
     clinic = ClinicSummarySerializer()
     hospital = ClinicSummarySerializer()
     assignee = serializers.SerializerMethodField()
-    overdue = serializers.SerializerMethodField()
+    overdue = serializers.SerializerMethodField(help_text="Open and past its SLA due time.")
 
     class Meta:
         model = Referral
@@ -212,3 +212,17 @@ class ReportOutputSerializer(serializers.Serializer[Any]):
 
     def get_pdf_url(self, report: Any) -> str:
         return reverse("referral-report-pdf", kwargs={"referral_id": report.referral_id})
+
+
+class TurnaroundSummarySerializer(serializers.Serializer[Any]):
+    reported = serializers.IntegerField()
+    median_hours = serializers.FloatField(allow_null=True)
+
+
+class TurnaroundOutputSerializer(serializers.Serializer[Any]):
+    days = serializers.IntegerField()
+    reported = serializers.IntegerField()
+    median_hours = serializers.FloatField(allow_null=True)
+    by_urgency = serializers.DictField(child=TurnaroundSummarySerializer())
+    open = serializers.IntegerField()
+    overdue = serializers.IntegerField()

@@ -7,6 +7,7 @@ from referrals.api import views
 urlpatterns = [
     path("hospitals/", views.HospitalListView.as_view(), name="hospital-list"),
     path("hospital-profile/", views.HospitalProfileView.as_view(), name="hospital-profile"),
+    path("hospital-profile/turnaround/", views.HospitalTurnaroundView.as_view(), name="hospital-turnaround"),
     path("partnerships/", views.PartnershipListView.as_view(), name="partnership-list"),
     path(
         "partnerships/<uuid:partnership_id>/accept/",

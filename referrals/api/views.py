@@ -22,7 +22,7 @@ from clinics.tenancy.api.base import (
     query_filters,
 )
 from clinics.tenancy.models import Role
-from referrals import reports, selectors, services
+from referrals import reports, selectors, services, sla
 from referrals.access import (
     access_partnership,
     access_referral,
@@ -76,6 +76,23 @@ class HospitalProfileView(ClinicAPIView):
         data.is_valid(raise_exception=True)
         profile = services.hospital_profile_update(actor=self.actor, **data.validated_data)
         return Response(s.HospitalProfileSerializer(profile).data)
+
+
+class HospitalTurnaroundView(ClinicAPIView):
+    required_roles = {"get": Role.ADMIN}
+    extra_problem_statuses = {"get": (404,)}
+
+    @extend_schema(
+        operation_id="hospital_turnaround",
+        tags=[TAG],
+        summary="This hospital's median turnaround (request to signed report), by urgency; open and overdue",
+        responses={200: s.TurnaroundOutputSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        selectors.hospital_profile(clinic=self.actor.clinic)  # 404 for a clinic that is not a hospital
+        return Response(
+            s.TurnaroundOutputSerializer(sla.hospital_turnaround(hospital=self.actor.clinic)).data
+        )
 
 
 class PartnershipListView(ClinicAPIView):

@@ -341,3 +341,48 @@ def test_from_ai_read_to_signed_report_and_pdf(
     types = [t for t in Event.objects.filter(clinic=partnered.clinic).values_list("type", flat=True)]
     assert "referral.reported" in types
     assert "referral.closed" in types
+
+
+def test_overdue_referrals_are_flagged_once_and_turnaround_is_measured(
+    cast: Cast, partnered: Hospital, shared: Shared, problem: Any
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    referral_id = shared.referral["id"]
+    Referral.objects.filter(id=referral_id).update(sla_due_at=timezone.now() - datetime.timedelta(minutes=1))
+    listed = partnered.client(Role.VET).get("/api/v1/referrals/?direction=received").json()["results"]
+    assert listed[0]["overdue"] is True
+    out = StringIO()
+    call_command("referrals_sla_check", stdout=out)
+    call_command("referrals_sla_check", stdout=out)  # once only
+    for clinic in (cast.clinic, partnered.clinic):
+        assert Event.objects.filter(clinic=clinic, type="referral.overdue").count() == 1
+    turnaround = partnered.client(Role.ADMIN).get("/api/v1/hospital-profile/turnaround/").json()
+    assert turnaround["open"] == 1
+    assert turnaround["overdue"] == 1
+    assert turnaround["median_hours"] is None
+    Referral.objects.filter(id=referral_id).update(
+        status="reported",
+        created_at=timezone.now() - datetime.timedelta(hours=10),
+        reported_at=timezone.now() - datetime.timedelta(hours=4),
+    )
+    turnaround = partnered.client(Role.ADMIN).get("/api/v1/hospital-profile/turnaround/").json()
+    assert turnaround["by_urgency"]["urgent"] == {"reported": 1, "median_hours": 6.0}
+    problem(partnered.client(Role.VET).get("/api/v1/hospital-profile/turnaround/"), 403)
+    problem(cast.client(Role.ADMIN).get("/api/v1/hospital-profile/turnaround/"), 404)
+
+
+def test_a_partner_system_works_with_an_api_key(cast: Cast, partnered: Hospital, shared: Shared) -> None:
+    """A hospital's PACS or RIS lists incoming referrals and fetches the shared DICOM/preview with its key."""
+    from tests.conftest import key_client
+
+    client, _ = key_client(partnered.clinic, Role.VET)
+    incoming = client.get("/api/v1/referrals/?direction=received&status=requested").json()["results"]
+    assert [r["id"] for r in incoming] == [shared.referral["id"]]
+    detail = client.get(f"/api/v1/referrals/{shared.referral['id']}/").json()
+    original = client.get(detail["images"][0]["links"]["original"])
+    assert original.status_code == 200
+    assert b"".join(original.streaming_content)[:8] == b"\x89PNG\r\n\x1a\n"  # type: ignore[attr-defined]
+    assert client.get(f"/api/v1/studies/{shared.study.id}/").status_code == 404
