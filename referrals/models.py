@@ -179,3 +179,51 @@ class ReportAddendum(models.Model):
 
     def __str__(self) -> str:
         return f"addendum to {self.report_id}"
+
+
+class ReferralMessage(models.Model):
+    """One message of a referral's thread, from either side, with optional image attachments."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    referral = models.ForeignKey(Referral, on_delete=models.CASCADE, related_name="messages")
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="+", help_text="The author's side"
+    )
+    author = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
+    author_name = models.CharField(max_length=200)
+    text = models.TextField(max_length=4000, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        indexes = [models.Index(fields=["referral", "created_at"], name="referral_message_created")]
+
+    def __str__(self) -> str:
+        return f"message {self.id} on {self.referral_id}"
+
+
+class MessageAttachment(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    message = models.ForeignKey(ReferralMessage, on_delete=models.CASCADE, related_name="attachments")
+    storage_key = models.CharField(max_length=300, unique=True)
+    media_type = models.CharField(max_length=64)
+    filename = models.CharField(max_length=255, blank=True)
+    size_bytes = models.BigIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return f"attachment {self.id}"
+
+
+class MessageReadMark(models.Model):
+    """How far one person has read a referral's thread (for unread counts)."""
+
+    referral = models.ForeignKey(Referral, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    read_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["referral", "user"], name="message_read_mark_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} read {self.referral_id} at {self.read_at}"

@@ -11,6 +11,7 @@ from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import Clinic, ClinicKind, Membership, Role, User
 from inference.models import Read
 from referrals.access import hospital_visible
+from referrals.messages import with_unread_counts
 from referrals.models import HospitalProfile, Partnership, Referral
 from xcaliber.lib.problems import NotFound
 
@@ -45,7 +46,7 @@ def referral_list(
     queryset = Referral.objects.filter(scope).select_related("clinic", "hospital", "assignee")
     if status:
         queryset = queryset.filter(status=status)
-    return queryset
+    return with_unread_counts(queryset, actor.user.id if actor.user else None)
 
 
 def study_read(*, study: Study, read_id: uuid.UUID) -> Read | None:

@@ -105,6 +105,9 @@ class ReferralOutputSerializer(serializers.ModelSerializer[Referral]):
     hospital = ClinicSummarySerializer()
     assignee = serializers.SerializerMethodField()
     overdue = serializers.SerializerMethodField(help_text="Open and past its SLA due time.")
+    unread_messages = serializers.SerializerMethodField(
+        help_text="Messages from others you have not read (in lists; null elsewhere)."
+    )
 
     class Meta:
         model = Referral
@@ -122,6 +125,7 @@ class ReferralOutputSerializer(serializers.ModelSerializer[Referral]):
             "sla_due_at",
             "overdue",
             "decline_reason",
+            "unread_messages",
             "created_at",
             "accepted_at",
             "reported_at",
@@ -132,6 +136,9 @@ class ReferralOutputSerializer(serializers.ModelSerializer[Referral]):
 
     def get_assignee(self, referral: Referral) -> str | None:
         return referral.assignee.email if referral.assignee else None
+
+    def get_unread_messages(self, referral: Referral) -> int | None:
+        return getattr(referral, "unread_messages", None)
 
     def get_overdue(self, referral: Referral) -> bool:
         from django.utils import timezone
@@ -226,3 +233,25 @@ class TurnaroundOutputSerializer(serializers.Serializer[Any]):
     by_urgency = serializers.DictField(child=TurnaroundSummarySerializer())
     open = serializers.IntegerField()
     overdue = serializers.IntegerField()
+
+
+class AttachmentOutputSerializer(serializers.Serializer[Any]):
+    id = serializers.UUIDField()
+    media_type = serializers.CharField()
+    filename = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    url = serializers.SerializerMethodField()
+
+    def get_url(self, attachment: Any) -> str:
+        kwargs = {"referral_id": attachment.message.referral_id, "attachment_id": attachment.id}
+        return reverse("referral-message-attachment", kwargs=kwargs)
+
+
+class MessageOutputSerializer(serializers.Serializer[Any]):
+    id = serializers.UUIDField()
+    from_clinic = serializers.UUIDField(source="clinic_id")
+    author_name = serializers.CharField()
+    text = serializers.CharField()
+    attachments = AttachmentOutputSerializer(many=True)
+    created_at = serializers.DateTimeField()

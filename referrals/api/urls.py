@@ -55,6 +55,16 @@ urlpatterns = [
         name="referral-report-pdf",
     ),
     path(
+        "referrals/<uuid:referral_id>/messages/",
+        views.ReferralMessagesView.as_view(),
+        name="referral-messages",
+    ),
+    path(
+        "referrals/<uuid:referral_id>/attachments/<uuid:attachment_id>/",
+        views.ReferralMessageAttachmentView.as_view(),
+        name="referral-message-attachment",
+    ),
+    path(
         "referrals/<uuid:referral_id>/images/<uuid:image_id>/original/",
         views.ReferralImageOriginalView.as_view(),
         name="referral-image-original",

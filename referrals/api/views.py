@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from clinics.records.access import access_study
 from clinics.records.api.studies import stored_file_response
+from clinics.records.api.uploads import UploadView, form_fields, request_files
 from clinics.records.models import DerivativeStatus
 from clinics.tenancy.api.base import (
     IDEMPOTENCY_PARAMETER,
@@ -22,7 +23,7 @@ from clinics.tenancy.api.base import (
     query_filters,
 )
 from clinics.tenancy.models import Role
-from referrals import reports, selectors, services, sla
+from referrals import messages, reports, selectors, services, sla
 from referrals.access import (
     access_partnership,
     access_referral,
@@ -506,3 +507,54 @@ class ReferralReportPdfView(ClinicAPIView):
         response["Content-Disposition"] = f'inline; filename="consult-{referral.id}.pdf"'
         response["Cache-Control"] = "private, no-store"
         return response
+
+
+class ReferralMessagesView(UploadView):
+    required_roles = {"get": Role.VIEWER, "post": Role.TECHNICIAN}
+    extra_problem_statuses = {"post": (413, 415, 422)}
+
+    @extend_schema(
+        operation_id="referrals_messages_list",
+        tags=[TAG],
+        summary="The referral's message thread, newest first (reading it marks it read for you)",
+        parameters=PAGE_PARAMETERS,
+        responses={200: paginated(s.MessageOutputSerializer)},
+    )
+    def get(self, request: Request, referral_id: uuid.UUID) -> Response:
+        referral = access_referral(actor=self.actor, referral_id=referral_id)
+        if self.actor.user is not None:
+            messages.messages_mark_read(user_id=self.actor.user.id, referral=referral)
+        return self.paginate(messages.thread(referral), s.MessageOutputSerializer)
+
+    @extend_schema(
+        operation_id="referrals_messages_create",
+        tags=[TAG],
+        summary="Write to the thread: `text` and/or image `files` (JPEG or PNG), multipart",
+        request={"multipart/form-data": {"type": "object", "properties": {"text": {"type": "string"}}}},
+        responses={201: s.MessageOutputSerializer},
+    )
+    def post(self, request: Request, referral_id: uuid.UUID) -> Response:
+        referral = access_referral(actor=self.actor, referral_id=referral_id)
+        files = request_files(request)
+        text = str(form_fields(request).get("text", ""))[:4000]
+        message = messages.message_post(actor=self.actor, referral=referral, text=text, files=files)
+        fresh = messages.thread(referral).get(id=message.id)
+        return Response(s.MessageOutputSerializer(fresh).data, status=status.HTTP_201_CREATED)
+
+
+class ReferralMessageAttachmentView(ClinicAPIView):
+    required_roles = {"get": Role.VIEWER}
+
+    @extend_schema(
+        operation_id="referrals_messages_attachment",
+        tags=[TAG],
+        summary="An image attached to a referral message",
+        responses={200: bytes},
+    )
+    def get(self, request: Request, referral_id: uuid.UUID, attachment_id: uuid.UUID) -> Any:
+        referral = access_referral(actor=self.actor, referral_id=referral_id)
+        attachment = messages.attachment_get(referral=referral, attachment_id=attachment_id)
+        extension = attachment.storage_key.rsplit(".", 1)[-1]
+        return stored_file_response(
+            attachment.storage_key, media_type=attachment.media_type, filename=f"{attachment.id}.{extension}"
+        )

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from clinics.tenancy.models import Clinic, Role
-from referrals.models import HospitalProfile, Partnership, PartnershipStatus, Referral, ReferralImage
+from referrals.models import (
+    HospitalProfile,
+    MessageAttachment,
+    Partnership,
+    PartnershipStatus,
+    Referral,
+    ReferralImage,
+    ReferralMessage,
+)
 from tests.conftest import make_clinic, make_member
 from tests.records.factories import make_image, make_study
 
@@ -54,3 +62,29 @@ def make_reported_referral(clinic: Clinic) -> Referral:
         referral=referral, conclusion="Normal thorax.", signed_name="Dr. Kim", signed_at=timezone.now()
     )
     return referral
+
+
+def make_message_attachment(referral: Referral) -> MessageAttachment:
+    """A message with one stored PNG attachment, written by the referring clinic."""
+    import uuid
+
+    from clinics.records import storage
+    from referrals.messages import attachment_key
+    from tests.records.factories import png_of
+
+    message = ReferralMessage.objects.create(
+        referral=referral, clinic_id=referral.clinic_id, author_name="Dr. Lee", text="See attached"
+    )
+    attachment_id = uuid.uuid4()
+    key = attachment_key(referral, attachment_id, "png")
+    data = png_of()
+    storage.store_bytes(key, data, content_type="image/png")
+    return MessageAttachment.objects.create(
+        id=attachment_id,
+        message=message,
+        storage_key=key,
+        media_type="image/png",
+        size_bytes=len(data),
+        width=64,
+        height=48,
+    )

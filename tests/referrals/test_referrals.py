@@ -386,3 +386,59 @@ def test_a_partner_system_works_with_an_api_key(cast: Cast, partnered: Hospital,
     assert original.status_code == 200
     assert b"".join(original.streaming_content)[:8] == b"\x89PNG\r\n\x1a\n"  # type: ignore[attr-defined]
     assert client.get(f"/api/v1/studies/{shared.study.id}/").status_code == 404
+
+
+def test_the_message_thread_with_images_and_unread_counts(
+    cast: Cast, partnered: Hospital, shared: Shared, problem: Any
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.records import corpus
+    from tests.records.factories import stored_keys
+
+    url = f"/api/v1/referrals/{shared.referral['id']}/messages/"
+    vet = cast.client(Role.VET)
+    specialist = partnered.client(Role.VET)
+    photo = SimpleUploadedFile("lateral.png", corpus.png_bytes(seed=3), content_type="image/png")
+    posted = vet.post(url, {"text": "Extra lateral attached.", "files": [photo]}, format="multipart")
+    assert posted.status_code == 201, posted.content
+    [attachment] = posted.json()["attachments"]
+    assert attachment["media_type"] == "image/png"
+    listed = specialist.get("/api/v1/referrals/?direction=received").json()["results"]
+    assert listed[0]["unread_messages"] == 1
+    thread = specialist.get(url).json()["results"]  # reading marks it read
+    assert [m["text"] for m in thread] == ["Extra lateral attached."]
+    assert specialist.get(attachment["url"]).status_code == 200
+    assert (
+        specialist.get("/api/v1/referrals/?direction=received").json()["results"][0]["unread_messages"] == 0
+    )
+    reply = specialist.post(url, {"text": "Thanks, reviewing."}, format="multipart")
+    assert reply.status_code == 201
+    assert vet.get("/api/v1/referrals/?direction=sent").json()["results"][0]["unread_messages"] == 1
+    # Bad input leaves nothing: a DICOM or a broken file is refused, an empty message too.
+    before = sorted(stored_keys())
+    bad = SimpleUploadedFile(
+        "x.dcm", corpus.dicom_bytes(rows=16, columns=16), content_type="application/dicom"
+    )
+    assert vet.post(url, {"text": "dicom", "files": [bad]}, format="multipart").status_code in {415, 422}
+    broken = SimpleUploadedFile("y.jpg", corpus.truncated_jpeg(), content_type="image/jpeg")
+    assert 400 <= vet.post(url, {"files": [broken]}, format="multipart").status_code < 500
+    problem(vet.post(url, {"text": "  "}, format="multipart"), 400, "message_empty")
+    assert sorted(stored_keys()) == before
+    assert len(vet.get(url).json()["results"]) == 2
+    # The other clinic sees nothing of it.
+    assert cast.outsider_client().get(url).status_code == 404
+    assert cast.outsider_client().get(attachment["url"]).status_code == 404
+
+
+def test_a_report_on_a_cancelled_referral_changes_nothing(
+    cast: Cast, partnered: Hospital, shared: Shared, problem: Any
+) -> None:
+    url = f"/api/v1/referrals/{shared.referral['id']}"
+    specialist = partnered.client(Role.VET)
+    specialist.post(f"{url}/accept/")
+    specialist.post(f"{url}/start-review/")
+    cast.client(Role.VET).post(f"{url}/cancel/")
+    problem(specialist.put(f"{url}/report/", {"conclusion": "late"}, format="json"), 404)
+    problem(specialist.post(f"{url}/report/sign/"), 404)
+    assert Referral.objects.get().status == "cancelled"

@@ -39,12 +39,12 @@ RAW_BODY = {
 }
 
 
-def _files(request: Request) -> list[Any]:
+def request_files(request: Request) -> list[Any]:
     adopt_spooled_body(request)
     return received_files(request.data, request.FILES)
 
 
-def _form_fields(request: Request) -> dict[str, Any]:
+def form_fields(request: Request) -> dict[str, Any]:
     """The non-file fields of a multipart body (empty for a raw body)."""
     data = request.data
     if not hasattr(data, "lists"):
@@ -61,7 +61,7 @@ def _stored_image(stored: Stored) -> dict[str, Any]:
     return {**s.ImageOutputSerializer(stored.image).data, "created": stored.created}
 
 
-class _UploadView(ClinicAPIView):
+class UploadView(ClinicAPIView):
     """Takes files; whatever the handler did, the request's temporary upload files go when it ends."""
 
     parser_classes: tuple[type[BaseParser], ...] = (StreamingMultiPartParser, *RAW_PARSERS)
@@ -72,7 +72,7 @@ class _UploadView(ClinicAPIView):
         return super().finalize_response(request, response, *args, **kwargs)
 
 
-class StudyImagesView(_UploadView):
+class StudyImagesView(UploadView):
     required_roles = {"post": Role.TECHNICIAN}
 
     @extend_schema(
@@ -90,8 +90,8 @@ class StudyImagesView(_UploadView):
     )
     def post(self, request: Request, study_id: uuid.UUID) -> Response:
         study = access_study(actor=self.actor, study_id=study_id)
-        files = _files(request)
-        options = s.ImageViewInputSerializer(data=_form_fields(request))
+        files = request_files(request)
+        options = s.ImageViewInputSerializer(data=form_fields(request))
         options.is_valid(raise_exception=True)
 
         def perform() -> tuple[int, Any]:
@@ -106,7 +106,7 @@ class StudyImagesView(_UploadView):
         return idempotent_response(self, perform)
 
 
-class DicomInstancesView(_UploadView):
+class DicomInstancesView(UploadView):
     required_roles = {"post": Role.TECHNICIAN}
 
     @extend_schema(
@@ -128,7 +128,7 @@ class DicomInstancesView(_UploadView):
         responses={201: s.DicomInstancesOutputSerializer, 200: s.DicomInstancesOutputSerializer},
     )
     def post(self, request: Request) -> Response:
-        files = _files(request)
+        files = request_files(request)
 
         def perform() -> tuple[int, Any]:
             stored = ingest.dicom_instances_store(actor=self.actor, files=files)
@@ -145,7 +145,7 @@ class DicomInstancesView(_UploadView):
         return idempotent_response(self, perform)
 
 
-class CaptureView(_UploadView):
+class CaptureView(UploadView):
     required_roles = {"post": Role.TECHNICIAN}
     parser_classes = (StreamingMultiPartParser,)
 
@@ -163,10 +163,10 @@ class CaptureView(_UploadView):
         responses={201: s.CaptureOutputSerializer},
     )
     def post(self, request: Request) -> Response:
-        data = s.CaptureInputSerializer(data=_form_fields(request))
+        data = s.CaptureInputSerializer(data=form_fields(request))
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
-        files = _files(request)
+        files = request_files(request)
         patient_id = fields.pop("patient_id", None)
         patient = access_patient(actor=self.actor, patient_id=patient_id) if patient_id else None
         study_fields = {k: fields.pop(k) for k in ("body_region", "notes", "accession") if k in fields}
