@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from clinics.tenancy.actor import Actor
-from clinics.tenancy.models import Role
+from clinics.tenancy.models import Role, User
 from inference.models import Finding
 from inference.vocabulary import UnknownFinding, vocabulary
 from referrals import services
@@ -88,11 +88,19 @@ def report_save_draft(*, actor: Actor, referral: Referral, **fields: Any) -> Con
     return report
 
 
-def report_sign(*, actor: Actor, referral: Referral) -> ConsultReport:
-    """Sign the draft: its text is frozen, the referral becomes ``reported`` (audited, both clinics told)."""
+def report_sign(*, actor: Actor, referral: Referral, specialist: User | None = None) -> ConsultReport:
+    """Sign the draft: its text is frozen, the referral becomes ``reported`` (audited, both clinics told).
+
+    A person signs as themselves. A partner system (API key) signs on behalf of ``specialist``, an active
+    vet or admin of the hospital, whose name goes on the report; the audit records the key."""
     _author_check(referral, actor)
-    if actor.user is None:
-        raise Forbidden("A report is signed by a person, not an API key.", code="user_token_required")
+    signer = actor.user or specialist
+    if signer is None:
+        raise Problem(
+            "A partner system signs on behalf of a specialist: send specialist_email.",
+            code="specialist_required",
+            status=422,
+        )
     with transaction.atomic():
         report = ConsultReport.objects.select_for_update().filter(referral=referral).first()
         if report is None:
@@ -104,8 +112,8 @@ def report_sign(*, actor: Actor, referral: Referral) -> ConsultReport:
                 "conclusion: a signed report needs a conclusion.", code="conclusion_missing", status=422
             )
         now = timezone.now()
-        report.signed_by, report.signed_at = actor.user, now
-        report.signed_name = actor.user.full_name or actor.user.email
+        report.signed_by, report.signed_at = signer, now
+        report.signed_name = signer.full_name or signer.email
         report.save(update_fields=["signed_by", "signed_at", "signed_name"])
         services.transition(
             referral,

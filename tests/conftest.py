@@ -41,6 +41,8 @@ def _reads_stay_queued(settings: Any) -> None:
     # AI reads are queued by every upload; only the tests about reads run them (inline or on the worker
     # thread), so no read worker races another test's database or storage.
     settings.XCALIBER_READ_WORKER = "off"
+    # Nor does the webhook retry sweeper start on a thread of the test process.
+    settings.XCALIBER = {**settings.XCALIBER, "WEBHOOK_SWEEP_SECONDS": 0}
 
 
 @pytest.fixture(autouse=True)

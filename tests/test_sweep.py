@@ -34,6 +34,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
+from billing.models import Subscription, UsageRecord
 from clinics.events.models import Event
 from clinics.records.direct import direct_upload_key
 from clinics.records.ingest.receive import receive_stream
@@ -44,10 +45,17 @@ from clinics.tenancy.models import ROLE_RANK, ApiKey, AuditEntry, Invitation, Me
 from clinics.tenancy.services import api_key_create
 from clinics.webhooks.models import WebhookDelivery, WebhookEndpoint
 from inference.models import Finding, ModelVersion, Read
+from referrals.models import ConsultReport, Partnership, Referral
 from tests.conftest import Cast, bearer_client, key_client, make_member
 from tests.inference.factories import make_done_read, make_model_version
 from tests.records.corpus import dicom_bytes
 from tests.records.factories import make_study, stored_keys, sweep_image
+from tests.referrals.factories import (
+    make_message_attachment,
+    make_partnership,
+    make_referral,
+    make_reported_referral,
+)
 from xcaliber.routing import websocket_urlpatterns
 
 Kwargs = Callable[[Cast], dict[str, Any]]
@@ -136,6 +144,29 @@ def _webhook_delivery(cast: Cast) -> dict[str, Any]:
         endpoint=endpoint, clinic=cast.clinic, event=event, status="delivered", attempts=1
     )
     return {"webhook_id": endpoint.id, "delivery_id": delivery.id}
+
+
+def _partnership(cast: Cast) -> dict[str, Any]:
+    return {"partnership_id": make_partnership(cast.clinic, active=False).id}
+
+
+def _referral(cast: Cast) -> dict[str, Any]:
+    return {"referral_id": make_referral(cast.clinic).id}
+
+
+def _reported_referral(cast: Cast) -> dict[str, Any]:
+    return {"referral_id": make_reported_referral(cast.clinic).id}
+
+
+def _message_attachment(cast: Cast) -> dict[str, Any]:
+    referral = make_referral(cast.clinic)
+    attachment = make_message_attachment(referral)
+    return {"referral_id": referral.id, "attachment_id": attachment.id}
+
+
+def _referral_image(cast: Cast) -> dict[str, Any]:
+    referral = make_referral(cast.clinic)
+    return {"referral_id": referral.id, "image_id": referral.shared_images.get().image_id}
 
 
 def _dicom_image(cast: Cast) -> Image:
@@ -248,6 +279,35 @@ ROUTES: dict[str, Route] = {
     "dicomweb-frame-rendered": Route("clinic", {"get": Role.VIEWER}, _dicom_instance),
     "finding-list": Route("clinic", {"get": Role.VIEWER}, shared=True),
     "event-list": Route("clinic", {"get": Role.VIEWER}),
+    "hospital-list": Route("clinic", {"get": Role.VIEWER}, shared=True),
+    "hospital-profile": Route(
+        "clinic", {"get": Role.VIEWER, "patch": Role.ADMIN}, bodies={"patch": {"listed": True}}
+    ),
+    "hospital-turnaround": Route("clinic", {"get": Role.ADMIN}),
+    "partnership-list": Route("clinic", {"get": Role.VIEWER, "post": Role.ADMIN}),
+    "partnership-accept": Route("clinic", {"post": Role.ADMIN}, _partnership),
+    "partnership-decline": Route("clinic", {"post": Role.ADMIN}, _partnership),
+    "partnership-revoke": Route("clinic", {"post": Role.ADMIN}, _partnership),
+    "referral-list": Route("clinic", {"get": Role.VIEWER, "post": Role.VET}),
+    "referral-detail": Route("clinic", {"get": Role.VIEWER}, _referral),
+    "referral-accept": Route("clinic", {"post": Role.VET}, _referral),
+    "referral-decline": Route("clinic", {"post": Role.VET}, _referral, {"post": {"reason": "no"}}),
+    "referral-assign": Route("clinic", {"post": Role.ADMIN}, _referral, {"post": {"email": "a@b.test"}}),
+    "referral-start-review": Route("clinic", {"post": Role.VET}, _referral),
+    "referral-cancel": Route("clinic", {"post": Role.VET}, _referral),
+    "referral-close": Route("clinic", {"post": Role.VET}, _referral),
+    "referral-messages": Route(
+        "clinic", {"get": Role.VIEWER, "post": Role.TECHNICIAN}, _referral, {"post": {"text": "hello"}}
+    ),
+    "referral-message-attachment": Route("clinic", {"get": Role.VIEWER}, _message_attachment),
+    "referral-report": Route(
+        "clinic", {"get": Role.VIEWER, "put": Role.VET}, _reported_referral, {"put": {"conclusion": "c"}}
+    ),
+    "referral-report-sign": Route("clinic", {"post": Role.VET}, _referral),
+    "referral-report-addendum": Route("clinic", {"post": Role.VET}, _referral, {"post": {"text": "t"}}),
+    "referral-report-pdf": Route("clinic", {"get": Role.VIEWER}, _reported_referral),
+    "referral-image-original": Route("clinic", {"get": Role.VIEWER}, _referral_image),
+    "referral-image-preview": Route("clinic", {"get": Role.VIEWER}, _referral_image),
     "event-ticket": Route("clinic", {"post": Role.VIEWER}),
     "study-reads": Route("clinic", {"get": Role.VIEWER, "post": Role.VET}, _study),
     "read-list": Route("clinic", {"get": Role.VIEWER}),
@@ -274,6 +334,14 @@ ROUTES: dict[str, Route] = {
     "webhook-deliveries": Route("clinic", {"get": Role.ADMIN}, _webhook),
     "webhook-delivery-detail": Route("clinic", {"get": Role.ADMIN}, _webhook_delivery),
     "webhook-delivery-replay": Route("clinic", {"post": Role.ADMIN}, _webhook_delivery),
+    "billing-overview": Route("clinic", {"get": Role.ADMIN}),
+    "billing-plans": Route("clinic", {"get": Role.ADMIN}),
+    # No body: a valid one would reach Stripe, which the sweep does not configure (503, tests/billing).
+    "billing-checkout": Route("clinic", {"post": Role.ADMIN}),
+    "billing-portal": Route("clinic", {"post": Role.ADMIN}),
+    "billing-seats": Route("clinic", {"post": Role.ADMIN}, bodies={"post": {"seats": 4}}),
+    "billing-invoices": Route("clinic", {"get": Role.ADMIN}),
+    "billing-stripe-webhook": Route("public", {"post": ""}),
 }
 
 # Routes outside the API, each with the reason it needs no tenancy check.
@@ -281,6 +349,7 @@ NON_API = {
     "index": "static service description",
     "healthz": "liveness probe, no data",
     "readyz": "readiness probe, names dependencies only",
+    "metrics": "operators' Prometheus metrics behind XCALIBER_METRICS_TOKEN, no tenant data (test_infra.py)",
 }
 
 # WebSocket routes, none undeclared. A WebSocket cannot be swept in-process against the test database,
@@ -361,12 +430,23 @@ def _snapshot(cast: Cast) -> tuple[Any, ...]:
         sorted(Finding.objects.filter(read__clinic=clinic).values_list("id", "verdict", "verdict_note")),
         sorted(ModelVersion.objects.values_list("id", "status")),
         Event.objects.filter(clinic=clinic).count(),
+        sorted(Partnership.objects.filter(clinic=clinic).values_list("id", "status")),
+        sorted(Referral.objects.filter(clinic=clinic).values_list("id", "status", "assignee_id")),
+        sorted(
+            ConsultReport.objects.filter(referral__clinic=clinic).values_list("referral_id", "conclusion")
+        ),
         sorted(
             WebhookEndpoint.objects.filter(clinic=clinic).values_list(
                 "id", "url", "description", "secret", "is_active", "updated_at"
             )
         ),
         sorted(WebhookDelivery.objects.filter(clinic=clinic).values_list("id", "status", "attempts")),
+        sorted(
+            Subscription.objects.filter(clinic=clinic).values_list(
+                "plan", "status", "seat_quantity", "stripe_customer_id", "updated_at"
+            )
+        ),
+        UsageRecord.objects.filter(clinic=clinic).count(),
     )
 
 

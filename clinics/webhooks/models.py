@@ -21,6 +21,21 @@ EVENT_TYPES: tuple[str, ...] = (
     "read.started",
     "read.done",
     "read.failed",
+    # Tele-consults (the referrals app emits these to both clinics of a referral).
+    "partnership.requested",
+    "partnership.active",
+    "partnership.declined",
+    "partnership.revoked",
+    "referral.requested",
+    "referral.accepted",
+    "referral.declined",
+    "referral.assigned",
+    "referral.in_review",
+    "referral.reported",
+    "referral.closed",
+    "referral.cancelled",
+    "referral.overdue",
+    "referral.message",
 )
 # Sent only to the endpoint whose test was asked for, whatever it subscribes to.
 TEST_EVENT_TYPE = "webhook.test"

@@ -255,3 +255,9 @@ class MessageOutputSerializer(serializers.Serializer[Any]):
     text = serializers.CharField()
     attachments = AttachmentOutputSerializer(many=True)
     created_at = serializers.DateTimeField()
+
+
+class ReportSignInputSerializer(serializers.Serializer[Any]):
+    specialist_email = serializers.EmailField(
+        required=False, help_text="API keys only: the hospital specialist the system signs for."
+    )

@@ -459,12 +459,27 @@ class ReferralReportSignView(ClinicAPIView):
         operation_id="referrals_report_sign",
         tags=[TAG],
         summary="Sign the report: its text is frozen and the referral is reported",
-        request=None,
+        description="A person signs as themselves; a partner system (API key) names the specialist it signs "
+        "for with `specialist_email`.",
+        request=s.ReportSignInputSerializer,
         responses={200: s.ReportOutputSerializer},
     )
     def post(self, request: Request, referral_id: uuid.UUID) -> Response:
         referral = access_referral(actor=self.actor, referral_id=referral_id)
-        report = reports.report_sign(actor=self.actor, referral=referral)
+        data = s.ReportSignInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        specialist = None
+        if self.actor.user is None and data.validated_data.get("specialist_email"):
+            specialist = selectors.hospital_member(
+                clinic=self.actor.clinic, email=data.validated_data["specialist_email"]
+            )
+            if specialist is None:
+                raise Problem(
+                    "specialist_email must name an active vet or admin of the hospital.",
+                    code="specialist_invalid",
+                    status=422,
+                )
+        report = reports.report_sign(actor=self.actor, referral=referral, specialist=specialist)
         return Response(
             s.ReportOutputSerializer(reports.report_for(actor=self.actor, referral=report.referral)).data
         )

@@ -442,3 +442,21 @@ def test_a_report_on_a_cancelled_referral_changes_nothing(
     problem(specialist.put(f"{url}/report/", {"conclusion": "late"}, format="json"), 404)
     problem(specialist.post(f"{url}/report/sign/"), 404)
     assert Referral.objects.get().status == "cancelled"
+
+
+def test_a_partner_system_posts_and_signs_the_report(cast: Cast, partnered: Hospital, shared: Shared) -> None:
+    from tests.conftest import key_client
+
+    client, _ = key_client(partnered.clinic, Role.VET)
+    url = f"/api/v1/referrals/{shared.referral['id']}"
+    assert client.post(f"{url}/accept/").status_code == 200
+    assert client.post(f"{url}/start-review/").status_code == 200
+    assert client.put(f"{url}/report/", {"conclusion": "Normal heart."}, format="json").status_code == 200
+    assert client.post(f"{url}/report/sign/", {}, format="json").status_code == 422
+    specialist = (
+        Membership.objects.filter(clinic=partnered.clinic, role=Role.VET).order_by("created_at")[0].user
+    )
+    signed = client.post(f"{url}/report/sign/", {"specialist_email": specialist.email}, format="json")
+    assert signed.status_code == 200, signed.content
+    assert signed.json()["signed_name"] == (specialist.full_name or specialist.email)
+    assert cast.client(Role.VIEWER).get(f"{url}/report/").json()["conclusion"] == "Normal heart."
