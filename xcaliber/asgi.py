@@ -16,8 +16,9 @@ from django.urls import re_path  # noqa: E402
 from clinics.records.tasks import images_derivatives_backfill  # noqa: E402
 from clinics.webhooks.tasks import sweeper_start  # noqa: E402
 from inference.reads.dispatch import embedded_worker  # noqa: E402
+from referrals.sla import referrals_flag_overdue  # noqa: E402
 from xcaliber.asgi_handler import UploadAwareASGIHandler  # noqa: E402
-from xcaliber.lib.background import submit  # noqa: E402
+from xcaliber.lib.background import every, submit  # noqa: E402
 from xcaliber.routing import UnknownRouteConsumer, websocket_urlpatterns  # noqa: E402
 
 django_asgi_app = UploadAwareASGIHandler()
@@ -39,6 +40,10 @@ if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
 if settings.XCALIBER_READ_WORKER == "thread":
     # Reads are rows: any still queued (or leased by a process that died) are picked up at start-up.
     embedded_worker().wake()
+
+if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
+    # Referral SLAs in the embedded default (Celery beat runs the same check in production).
+    every("referrals-sla", 60.0, referrals_flag_overdue)
 
 # Webhook retries left from before a restart resume (the sweeper runs only with background threads).
 sweeper_start()

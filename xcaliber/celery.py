@@ -26,4 +26,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xcaliber.settings")
 
 app = Celery("xcaliber")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["inference"])
+app.autodiscover_tasks(["inference", "referrals"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -51,3 +52,23 @@ def run_after_commit(task: Callable[..., Any], *args: Any) -> None:
 
 def submit(task: Callable[..., Any], *args: Any) -> Future[None]:
     return _pool().submit(_run, task, args)
+
+
+def every(name: str, seconds: float, task: Callable[[], Any]) -> threading.Thread:
+    """Run ``task()`` every ``seconds`` on a daemon thread of this process (embedded-mode timers; in
+    production Celery beat runs the same functions). Failures are logged and the timer goes on."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(seconds)
+            close_old_connections()
+            try:
+                task()
+            except Exception:
+                logger.exception("periodic task %s failed", name)
+            finally:
+                connections.close_all()
+
+    thread = threading.Thread(target=loop, name=f"xcaliber-{name}", daemon=True)
+    thread.start()
+    return thread

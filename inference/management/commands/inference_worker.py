@@ -22,7 +22,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--window-ms", type=int, help="Wait before claiming (XCALIBER_READ_BATCH_WINDOW_MS)."
         )
-        parser.add_argument("--queues", default="inference", help="Comma-separated queues to consume.")
+        parser.add_argument(
+            "--queues",
+            default="inference,default",
+            help="Comma-separated queues to consume (default: inference and the light 'default' queue, where "
+            "beat sends the reconciler and the SLA check; give 'inference' alone when another worker "
+            "consumes 'default').",
+        )
         parser.add_argument("--beat", action="store_true", help="Also run the reconciler schedule here.")
         parser.add_argument("--loglevel", default="INFO")
 
