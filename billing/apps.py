@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class BillingConfig(AppConfig):
     name = "billing"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Registers the usage task with the Celery app a worker sets up (xcaliber.celery discovers
+        # only inference's tasks).
+        from billing import tasks  # noqa: F401

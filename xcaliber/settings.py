@@ -102,6 +102,7 @@ INSTALLED_APPS = [
     "clinics",
     "billing",
     "inference",
+    "referrals",
 ]
 
 MIDDLEWARE = [
@@ -370,10 +371,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
+    "referrals-sla": {"task": "referrals.tasks.referrals_sla_check", "schedule": 60.0},
     "reads-reconcile": {
         "task": "inference.tasks.reads_reconcile",
         "schedule": float(env_int("XCALIBER_READ_RECONCILE_SECONDS", 10, minimum=1)),
-    }
+    },
 }
 
 # "cpu" or "cuda" (one device per process); the model runs bf16 channels_last on CUDA.
@@ -402,3 +404,144 @@ if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+
+# Billing (billing/): Stripe subscriptions, seats, metered reads, entitlements. The two secrets have no
+# default; without them the endpoints that call Stripe answer 503 `billing_not_configured`.
+STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")
+STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET")
+_SEAT_OVERAGE = ("prorate", "refuse")
+BILLING = {
+    # Refuse new reads to clinics whose subscription does not allow them (off: a self-hosted install
+    # without billing; every clinic may read).
+    "ENFORCE": env_bool("XCALIBER_BILLING_ENFORCE", PRODUCTION),
+    # Pinned: outbound calls send it, and webhook events of another version are refused.
+    "STRIPE_API_VERSION": env_str("XCALIBER_STRIPE_API_VERSION", "2026-10-28.endive"),
+    # Another Stripe-protocol server (stripe-mock, tests); blank: api.stripe.com.
+    "STRIPE_API_BASE": env_str("XCALIBER_STRIPE_API_BASE", ""),
+    "STRIPE_MAX_NETWORK_RETRIES": env_int("XCALIBER_STRIPE_MAX_NETWORK_RETRIES", 2, minimum=0, maximum=5),
+    "WEBHOOK_TOLERANCE_SECONDS": 300,
+    "TRIAL_DAYS": env_int("XCALIBER_BILLING_TRIAL_DAYS", 30, minimum=0),
+    "PAST_DUE_GRACE_DAYS": env_int("XCALIBER_BILLING_GRACE_DAYS", 7, minimum=0),
+    "METER_EVENT_NAME": env_str("XCALIBER_STRIPE_METER_EVENT", "xcaliber_reads"),
+    "USAGE_MAX_ATTEMPTS": env_int("XCALIBER_BILLING_USAGE_MAX_ATTEMPTS", 12, minimum=1),
+    "RETURN_URL": env_str("XCALIBER_BILLING_RETURN_URL", XCALIBER_PUBLIC_URL.rstrip("/") + "/billing"),
+    # Plans as data; Stripe price ids per environment. Amounts live in Stripe, never in code.
+    # seat_overage: "prorate" (an admin adds seats at once, prorated) or "refuse" (seats change only
+    # through checkout or the customer portal).
+    "PLANS": {
+        "trial": {
+            "name": "Free trial",
+            "audience": "clinic",
+            "kind": "trial",
+            "seats_included": env_int("XCALIBER_BILLING_TRIAL_SEATS", 5, minimum=1),
+        },
+        "clinic-monthly": {
+            "name": "Clinic, monthly, unlimited reads",
+            "audience": "clinic",
+            "kind": "flat",
+            "seats_included": env_int("XCALIBER_BILLING_CLINIC_SEATS_INCLUDED", 3, minimum=1),
+            "price": env_str("XCALIBER_STRIPE_PRICE_CLINIC_MONTHLY", ""),
+            "seat_price": env_str("XCALIBER_STRIPE_PRICE_CLINIC_SEAT", ""),
+            "seat_overage": env_choice("XCALIBER_BILLING_CLINIC_SEAT_OVERAGE", _SEAT_OVERAGE, "prorate"),
+        },
+        "pay-per-read": {
+            "name": "Pay per read",
+            "audience": "clinic",
+            "kind": "metered",
+            "seats_included": env_int("XCALIBER_BILLING_METERED_SEATS_INCLUDED", 3, minimum=1),
+            "price": env_str("XCALIBER_STRIPE_PRICE_PER_READ", ""),
+            "seat_price": env_str("XCALIBER_STRIPE_PRICE_PER_READ_SEAT", ""),
+            "seat_overage": env_choice("XCALIBER_BILLING_METERED_SEAT_OVERAGE", _SEAT_OVERAGE, "refuse"),
+        },
+        "hospital": {
+            "name": "Referral hospital",
+            "audience": "hospital",
+            "kind": "flat",
+            "seats_included": env_int("XCALIBER_BILLING_HOSPITAL_SEATS_INCLUDED", 10, minimum=1),
+            "price": env_str("XCALIBER_STRIPE_PRICE_HOSPITAL", ""),
+            "seat_price": env_str("XCALIBER_STRIPE_PRICE_HOSPITAL_SEAT", ""),
+            "seat_overage": env_choice("XCALIBER_BILLING_HOSPITAL_SEAT_OVERAGE", _SEAT_OVERAGE, "prorate"),
+        },
+    },
+}
+CELERY_BEAT_SCHEDULE["billing-usage-report"] = {
+    "task": "billing.tasks.usage_report_task",
+    "schedule": float(env_int("XCALIBER_BILLING_USAGE_REPORT_SECONDS", 60, minimum=5)),
+}
+
+# Production hardening and observability (xcaliber/middleware.py, xcaliber/observability.py,
+# xcaliber/logs.py, xcaliber/reporting.py; README "Production deployment").
+# Request ids, access log and HTTP metrics wrap everything; CORS answers before CommonMiddleware; the
+# content security policy is set on every response (the docs pages' inline scripts allowed by hash).
+from xcaliber.logs import logging_config  # noqa: E402  # this block is appended; its imports stay with it
+from xcaliber.reporting import sentry_init  # noqa: E402
+
+MIDDLEWARE.insert(0, "xcaliber.middleware.RequestContextMiddleware")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.common.CommonMiddleware"), "corsheaders.middleware.CorsMiddleware"
+)
+MIDDLEWARE.append("xcaliber.middleware.ContentSecurityPolicyMiddleware")
+INSTALLED_APPS.append("corsheaders")
+
+# CORS: browser origins (scheme://host[:port]) of web clients allowed to call the API and DICOMweb.
+# Credentials are bearer tokens and API keys in headers, never cookies, so no credentialed CORS.
+CORS_ALLOWED_ORIGINS = env_list("XCALIBER_CORS_ALLOWED_ORIGINS", ())
+CORS_URLS_REGEX = r"^/(api|dicom-web)/.*$"
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = (
+    "accept",
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "x-clinic",
+    "x-request-id",
+)
+CORS_EXPOSE_HEADERS = (
+    "x-request-id",
+    "idempotent-replayed",
+    "retry-after",
+    "location",
+    "content-disposition",
+)
+CORS_PREFLIGHT_MAX_AGE = 3600
+
+# HTTPS. The redirect and HSTS default to on when the public URL is https (a deployment that serves plain
+# http on loopback, like the e2e stacks, keeps working); the probes and /metrics are exempt so kubelet
+# and Prometheus can use plain http inside the cluster. X-Forwarded-Proto is trusted only from a proxy
+# the operator declared (XCALIBER_TRUSTED_PROXY_COUNT > 0, or XCALIBER_TRUST_FORWARDED_PROTO).
+_public_https = XCALIBER_PUBLIC_URL.lower().startswith("https://")
+if PRODUCTION:
+    if env_bool("XCALIBER_TRUST_FORWARDED_PROTO", XCALIBER["TRUSTED_PROXY_COUNT"] > 0):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    elif "SECURE_PROXY_SSL_HEADER" in globals():
+        del SECURE_PROXY_SSL_HEADER  # Django's default (None): a direct client cannot claim https
+    SECURE_SSL_REDIRECT = env_bool("XCALIBER_SSL_REDIRECT", _public_https)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = env_int("XCALIBER_HSTS_SECONDS", 31_536_000 if _public_https else 0, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("XCALIBER_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("XCALIBER_HSTS_PRELOAD", False)
+    SESSION_COOKIE_SECURE = True
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    CSRF_COOKIE_SECURE = True
+    CSRF_COOKIE_HTTPONLY = True
+    CSRF_TRUSTED_ORIGINS = [XCALIBER_PUBLIC_URL.rstrip("/")] if _public_https else []
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Metrics: GET /metrics with "Authorization: Bearer <token>"; without a token the endpoint is a 404.
+XCALIBER_METRICS_TOKEN = env_secret("XCALIBER_METRICS_TOKEN")
+if XCALIBER_METRICS_TOKEN is not None and len(XCALIBER_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("XCALIBER_METRICS_TOKEN must be at least 16 characters")
+XCALIBER_METRICS_WINDOW_SECONDS = env_int("XCALIBER_METRICS_WINDOW_SECONDS", 300, minimum=10, maximum=86_400)
+
+# Logs: "json" (one object per line with request_id and clinic_id; the production default) or "plain".
+XCALIBER_LOG_FORMAT = env_choice("XCALIBER_LOG_FORMAT", ("plain", "json"), "json" if PRODUCTION else "plain")
+LOGGING = logging_config(log_format=XCALIBER_LOG_FORMAT, level=env_str("XCALIBER_LOG_LEVEL", "INFO"))
+# Celery would install its own root handler and format; the worker logs through LOGGING like the rest.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = XCALIBER_LOG_FORMAT == "plain"
+
+# Sentry, when SENTRY_DSN is set and sentry-sdk is installed (see xcaliber/reporting.py).
+sentry_init(environ=os.environ, environment=XCALIBER_ENV)

@@ -9,7 +9,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.renderers import TemplateHTMLRenderer
 
-from xcaliber import health
+from xcaliber import health, observability
 
 # Redoc's stock page links Google Fonts; this one keeps every asset local (Redoc falls back to system fonts),
 # so the docs work offline and make no third-party requests.
@@ -50,6 +50,7 @@ urlpatterns = [
     path("", index, name="index"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", observability.metrics, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", OfflineRedocView.as_view(url_name="schema"), name="redoc"),
@@ -58,6 +59,8 @@ urlpatterns = [
     path("api/v1/", include("clinics.events.api.urls")),
     path("api/v1/", include("clinics.webhooks.api.urls")),
     path("api/v1/", include("inference.api.urls")),
+    path("api/v1/", include("billing.api.urls")),
+    path("api/v1/", include("referrals.api.urls")),
     path("dicom-web/", include("clinics.records.dicomweb.urls")),
 ]
 

@@ -40,7 +40,7 @@ _INTENDED_USE_NOTE = (
 
 class StudyReadsView(ClinicAPIView):
     required_roles = {"get": Role.VIEWER, "post": Role.VET}
-    extra_problem_statuses = {"post": (409, 422)}
+    extra_problem_statuses = {"post": (402, 409, 422)}
 
     @extend_schema(
         operation_id="studies_reads_list",
@@ -66,7 +66,8 @@ class StudyReadsView(ClinicAPIView):
             "Queues one read per image and answers 202 at once; follow each read's status (or the event "
             "stream). Earlier reads are kept. 422 `model_not_applicable` when the version does not read the "
             "study's species and region; 409 `model_version_retired`, `no_model_for_study` or "
-            "`study_has_no_images`."
+            "`study_has_no_images`; 402 `subscription_inactive` when the clinic's subscription does not "
+            "allow new reads."
         ),
         request=s.StudyRerunInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER],

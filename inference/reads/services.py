@@ -19,6 +19,9 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from billing.entitlements import reads_allowed, reads_require_allowed
+from billing.usage import usage_record_read
+from clinics.events.services import event_emit
 from clinics.records.models import Image, Study, StudyStatus
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.services import audit_record
@@ -63,12 +66,29 @@ def reads_create_for_image(*, image: Image, actor: Actor) -> Read | None:
     version = active_model_for(species=study.patient.species, body_region=study.body_region)
     if version is None:
         return None
+    entitlement = reads_allowed(clinic_id=image.clinic_id)
+    if not entitlement.reads_allowed:
+        # Billing: the image the vet sent is kept; only the read is skipped, and the event log says why.
+        # A re-run of the study starts it once the subscription allows reads again.
+        event_emit(
+            clinic_id=image.clinic_id,
+            type="read.skipped",
+            data={
+                "study_id": str(study.id),
+                "image_id": str(image.id),
+                "reason": "subscription_inactive",
+                "subscription_status": entitlement.status,
+            },
+        )
+        return None
     return read_create(image=image, study=study, model_version=version, requested_by=actor.user)
 
 
 def reads_rerun(*, actor: Actor, study: Study, model_version: ModelVersion | None) -> list[Read]:
     """Queue a new read of every image of ``study`` with ``model_version`` (default: the active one for
-    the study). Earlier reads stay as they were; the study's newest read per image is its current one."""
+    the study). Earlier reads stay as they were; the study's newest read per image is its current one.
+    402 ``subscription_inactive`` when the clinic's subscription does not allow new reads."""
+    reads_require_allowed(clinic_id=actor.clinic.id)
     if model_version is None:
         model_version = active_model_for(species=study.patient.species, body_region=study.body_region)
         if model_version is None:
@@ -258,6 +278,7 @@ def read_finish(
             )
             for position, item in enumerate(findings)
         )
+        usage_record_read(clinic_id=read.clinic_id, read_id=read.id)  # billing: once per read
         study_status_refresh(read.study_id)
     return True
 
