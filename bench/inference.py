@@ -7,8 +7,12 @@ Prints numbers, never asserts. For each (input size, batch size) it measures:
 * ``predict``: ``Predictor.predict`` end to end from numpy images (half uint8, half float32; letterboxing
   and normalisation included), with Grad-CAM for every positive. The weights are random, so which labels
   come out positive (and so how much Grad-CAM runs) is arbitrary: the positive count is printed with it;
-* ``predict-nocam``: the same with every threshold at 1.0, so no label is positive and no Grad-CAM runs;
+* ``predict-nocam``: the same with every threshold above 1, so no label is positive and no Grad-CAM runs;
 * ``preprocess``: ``to_batch`` alone (CPU work, whatever the device).
+
+With ``--model DIR`` (a trained model's folder: ``weights.pt`` and ``model-card.json``, e.g. the shipped
+``inference/weights/xcaliber-phantom-1.0.0``) the trained weights and calibrated thresholds are used
+instead, at the model's own input size, so the positives (and the Grad-CAM work) are the real ones.
 
 Inputs are phantom radiographs (``inference.model.phantoms.generate``) drawn at ``--source-scale`` times the
 model size and cropped to a 5:4 (rows:columns) portrait, so every image is really resized and letterboxed.
@@ -17,6 +21,7 @@ divided by its batch size (p50/p95 over the timed batches); the batch latency is
 
     .venv/bin/python bench/inference.py --sizes 256 512 --batch-sizes 1 8 32 --iterations 5
     .venv/bin/python bench/inference.py --device cuda --batch-sizes 64 128 256 --sizes 512 --json
+    .venv/bin/python bench/inference.py --model inference/weights/xcaliber-phantom-1.0.0 --batch-sizes 1 32
 
 CUDA is never touched with ``--device cpu``; ``auto`` asks ``torch.cuda.is_available()`` and uses CUDA
 only when it says yes.
@@ -125,6 +130,14 @@ def phantom_pool(size: int, scale: float) -> list[NDArray[np.generic]]:
     return images
 
 
+def load_trained(folder: Path, **options: Any) -> Predictor:
+    """A trained model from its folder, checked against the SHA-256 its model card records."""
+    card = json.loads((folder / "model-card.json").read_text(encoding="utf-8"))
+    return Predictor.load(
+        folder / card["weights"]["file"], expected_sha256=card["weights"]["sha256"], **options
+    )
+
+
 def resolve_device(choice: str) -> torch.device:
     if choice == "cpu":
         return torch.device("cpu")
@@ -148,13 +161,20 @@ def bench_config(
     options: argparse.Namespace,
     device: torch.device,
 ) -> list[Measurement]:
-    labels = tuple(FINDING_CODES)
-    config = ModelConfig(labels=labels, keypoints=tuple(KEYPOINT_NAMES), size=size, width=options.width)
-    seed_everything(options.seed)
-    predictor = Predictor(build_model(config), config, device=device, cpu_bf16=options.cpu_bf16)
+    if options.model is not None:
+        predictor = load_trained(options.model, device=device, cpu_bf16=options.cpu_bf16)
+        config = predictor.config
+    else:
+        config = ModelConfig(
+            labels=tuple(FINDING_CODES), keypoints=tuple(KEYPOINT_NAMES), size=size, width=options.width
+        )
+        seed_everything(options.seed)
+        predictor = Predictor(build_model(config), config, device=device, cpu_bf16=options.cpu_bf16)
+    labels = config.labels
     nocam = Predictor(
         predictor.model,
-        ModelConfig.from_dict({**config.to_dict(), "thresholds": [1.0] * len(labels)}),
+        # Above any probability: a trained model's float32 sigmoid does reach exactly 1.0.
+        ModelConfig.from_dict({**config.to_dict(), "thresholds": [1.5] * len(labels)}),
         device=device,
         cpu_bf16=options.cpu_bf16,
     )
@@ -216,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source-scale", type=float, default=2.0, help="phantom size / model input size")
     parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU too")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", type=Path, help="a trained model folder (weights.pt + model-card.json)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     options = parser.parse_args(argv)
     if options.iterations < 1 or options.warmup < 0 or min(options.batch_sizes) < 1:
@@ -225,13 +246,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
+    if options.model is not None:
+        options.sizes = [load_trained(options.model).config.size]  # a trained model has one input size
     precision = "bf16 autocast" if device.type == "cuda" or options.cpu_bf16 else "float32"
     print(f"torch {torch.__version__}  python {platform.python_version()}")
     print(f"device {device.type}: {device_name(device)}  threads {torch.get_num_threads()}  {precision}")
-    print(
-        f"model: XCaliberNet width {options.width}, {len(FINDING_CODES)} labels, {len(KEYPOINT_NAMES)} "
-        "keypoints, RANDOM weights (positives and hence Grad-CAM work are arbitrary); channels_last"
-    )
+    if options.model is not None:
+        print(f"model: trained weights from {options.model} (calibrated thresholds); channels_last")
+    else:
+        print(
+            f"model: XCaliberNet width {options.width}, {len(FINDING_CODES)} labels, {len(KEYPOINT_NAMES)} "
+            "keypoints, RANDOM weights (positives and hence Grad-CAM work are arbitrary); channels_last"
+        )
     print(
         f"inputs: {POOL} phantoms per size at {options.source_scale}x the input size, 5:4 portrait, "
         f"half uint8, half float32; warm-up {options.warmup}, timed {options.iterations} per row"
@@ -297,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device_name": device_name(device),
             "threads": torch.get_num_threads(),
             "precision": precision,
-            "random_weights": True,
+            "random_weights": options.model is None,
+            "model": None if options.model is None else str(options.model),
             "warmup": options.warmup,
             "results": [asdict(m) for m in results],
             "budget": budget,

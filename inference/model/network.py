@@ -11,6 +11,9 @@ Why this shape:
   phantoms and reads a few hundred images/s on 2 cores in batch. Only conv/BN/ReLU, so channels_last and
   bf16 autocast run at full speed on a GPU.
 * Findings: global average pool -> linear, one logit per label (multi-label, independent sigmoids).
+* Regions (optional): the same linear layer emits one more logit per body region (softmax over them), so a
+  read can say "this looks like an abdomen" when it was filed as a thorax; the findings of a region the
+  image is not are then not worth reading. It shares the pooled features, so it costs nothing.
 * Keypoints: heatmap regression with soft-argmax. A light top-down merge brings stride-16 features to
   stride 8, one heatmap per keypoint, and the softmax-weighted mean of cell centres gives (x, y) in [0, 1]
   of the model input. Chosen over direct regression because it is translation-equivariant (a heart shifted
@@ -93,7 +96,7 @@ def _stage(inputs: int, outputs: int, blocks: int) -> nn.Sequential:
 
 
 class NetOutput(NamedTuple):
-    logits: torch.Tensor  # N x L
+    logits: torch.Tensor  # N x (L + R): L findings logits, then R region logits (R = 0 without regions)
     keypoints: torch.Tensor  # N x K x 2, (x, y) in [0, 1] of the model input
     heatmaps: torch.Tensor  # N x K x H/8 x W/8 keypoint logits (before the spatial softmax)
     features: torch.Tensor  # N x 4w x H/16 x W/16: the last conv block, what Grad-CAM explains
@@ -129,12 +132,14 @@ class XCaliberNet(nn.Module):
         *,
         width: int = 32,
         blocks: Sequence[int] = (1, 1, 2),
+        regions: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if len(blocks) != 3 or min(blocks) < 1 or width < 4:
             raise ValueError("width >= 4 and three stage block counts >= 1 are required")
         self.labels = tuple(labels)
         self.keypoint_names = tuple(keypoints)
+        self.regions = tuple(regions)
         self.stem = nn.Sequential(_conv_bn_relu(1, width // 4, 2), _conv_bn_relu(width // 4, width, 2))
         self.stage1 = _stage(width, width, blocks[0])
         self.stage2 = _stage(width, 2 * width, blocks[1])
@@ -142,7 +147,7 @@ class XCaliberNet(nn.Module):
         self.top = nn.Conv2d(4 * width, 4 * width, 1)
         self.lateral = nn.Conv2d(2 * width, 4 * width, 1)
         self.fuse = _conv_bn_relu(4 * width, 4 * width, kernel=1)
-        self.classifier = nn.Linear(4 * width, len(self.labels))
+        self.classifier = nn.Linear(4 * width, len(self.labels) + len(self.regions))
         self.keypoint_top = nn.Conv2d(4 * width, width, 1)
         self.keypoint_lateral = nn.Conv2d(width, width, 1)
         self.keypoint_head: nn.Module = nn.Sequential(
@@ -160,7 +165,8 @@ class XCaliberNet(nn.Module):
         return NetOutput(self.classify(features), soft_argmax(heatmaps), heatmaps, features)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Findings logits from last-block features (split out so Grad-CAM backpropagates this far only)."""
+        """Findings then region logits from last-block features (split out so Grad-CAM backpropagates
+        this far only)."""
         logits: torch.Tensor = self.classifier(features.mean(dim=(2, 3)))
         return logits
 
@@ -172,15 +178,40 @@ def training_loss(
     keypoint_mask: torch.Tensor | None = None,
     *,
     keypoint_weight: float = 5.0,
+    label_mask: torch.Tensor | None = None,
+    regions: torch.Tensor | None = None,
+    region_weight: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """BCE over findings plus ``keypoint_weight`` x L1 over normalised keypoint coordinates.
+    """Masked BCE over findings, ``keypoint_weight`` x L1 over normalised keypoint coordinates, and
+    ``region_weight`` x cross-entropy over the region logits.
 
-    ``keypoint_mask`` (N x K, 1 = annotated) leaves out keypoints an image does not have (a lateral
-    abdomen view has no heart axes). The L1 on [0, 1] coordinates is small next to BCE, hence the weight.
+    ``labels`` is N x L; the first L logits are the findings, any further ones the regions. ``label_mask``
+    (N x L, 1 = known) leaves out what an image was not assessed for: a pneumothorax is neither present
+    nor absent on a radiograph of a femur, and calling it negative would teach the model that any
+    non-thorax look means "no pneumothorax" rather than "not applicable". The BCE is averaged over known
+    cells only. ``regions`` (N, the index into the model's regions, -1 unknown) drives the region logits;
+    exactly one region holds per image, hence a softmax cross-entropy rather than independent sigmoids.
+    ``keypoint_mask`` (N x K, 1 = annotated) leaves out keypoints an image does not have (a lateral abdomen
+    view has no heart axes). The L1 on [0, 1] coordinates is small next to BCE, hence the weight.
     """
-    findings = F.binary_cross_entropy_with_logits(output.logits.float(), labels.float())
+    count = labels.shape[1]
+    logits = output.logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits[:, :count], labels.float(), reduction="none")
+    if label_mask is None:
+        findings = bce.mean()
+    else:
+        known = label_mask.float()
+        findings = (bce * known).sum() / known.sum().clamp(min=1.0)
     total = findings
     parts = {"findings": float(findings.detach())}
+    if regions is not None and logits.shape[1] > count:
+        known_region = regions >= 0
+        if bool(known_region.any()):
+            region = F.cross_entropy(logits[known_region, count:], regions[known_region].long())
+        else:
+            region = logits.sum() * 0.0  # keeps the graph connected when no image knows its region
+        total = total + region_weight * region
+        parts["regions"] = float(region.detach())
     if keypoints is not None and output.keypoints.shape[1]:
         error = (output.keypoints - keypoints.float()).abs().sum(dim=-1)
         mask = torch.ones_like(error) if keypoint_mask is None else keypoint_mask.float()
@@ -202,6 +233,10 @@ class ModelConfig:
 
     labels: tuple[str, ...]
     keypoints: tuple[str, ...] = ()
+    # Added after the first checkpoints: absent from an old checkpoint's config, they take these defaults.
+    regions: tuple[str, ...] = ()  # region-recognition logits after the findings logits
+    species: tuple[str, ...] = ()  # what the model was trained on, e.g. ("canine", "feline")
+    intended_use: str = ""  # a plain statement shown with every read
     size: int = 256
     width: int = 32
     blocks: tuple[int, ...] = (1, 1, 2)
@@ -222,7 +257,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
-        for name in ("labels", "keypoints", "blocks", "thresholds", "temperatures"):
+        for name in ("labels", "keypoints", "regions", "species", "blocks", "thresholds", "temperatures"):
             if name in known:
                 known[name] = tuple(known[name])
         return cls(**known)
@@ -235,4 +270,6 @@ class ModelConfig:
 
 
 def build_model(config: ModelConfig) -> XCaliberNet:
-    return XCaliberNet(config.labels, config.keypoints, width=config.width, blocks=config.blocks)
+    return XCaliberNet(
+        config.labels, config.keypoints, width=config.width, blocks=config.blocks, regions=config.regions
+    )

@@ -9,7 +9,7 @@ import hashlib
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +108,16 @@ def load_checkpoint(path: Path | str, *, expected_sha256: str) -> tuple[ModelCon
 @dataclass
 class Prediction:
     """One image's read. Keypoints are in original-image pixels; each heatmap is uint8 over the image
-    region of the model input (padding cut off, so it has the image's aspect ratio: stretch to overlay)."""
+    region of the model input (padding cut off, so it has the image's aspect ratio: stretch to overlay).
+    ``region_probabilities`` (softmax over the model's regions; empty when it has none) says which body
+    region the image looks like, whatever region it was filed under."""
 
     probabilities: dict[str, float]
     positives: dict[str, bool]
     keypoints: dict[str, Point]
     vhs: float | None
     heatmaps: dict[str, NDArray[np.uint8]]
+    region_probabilities: dict[str, float] = field(default_factory=dict)
 
 
 class Predictor:
@@ -179,10 +182,14 @@ class Predictor:
             batch, boxes = to_batch(images, size, mean=self.config.mean, std=self.config.std)
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        count = len(self.config.labels)
         with torch.inference_mode(), autocast:
             output = self.model(batch)
-            probabilities = torch.sigmoid(output.logits.float() / self.temperatures.to(self.device))
+            logits = output.logits.float()
+            probabilities = torch.sigmoid(logits[:, :count] / self.temperatures.to(self.device))
+            region_probabilities = torch.softmax(logits[:, count:], dim=1)
         probs = probabilities.cpu().numpy()
+        region_probs = region_probabilities.cpu().numpy()
         keypoints = output.keypoints.float().cpu().numpy()
         positive = probs >= self.thresholds[None, :]
         heatmaps: list[dict[str, NDArray[np.uint8]]] = [{} for _ in range(len(batch))]
@@ -198,7 +205,7 @@ class Predictor:
                 region = boxes[image].unpad(heat[row])
                 heatmaps[image][self.config.labels[wanted[slot]]] = np.ascontiguousarray(region)
         return [
-            self._prediction(probs[i], positive[i], keypoints[i], boxes[i], heatmaps[i])
+            self._prediction(probs[i], positive[i], keypoints[i], boxes[i], heatmaps[i], region_probs[i])
             for i in range(len(batch))
         ]
 
@@ -209,6 +216,7 @@ class Predictor:
         keypoints: NDArray[np.float32],
         box: Letterbox,
         heatmaps: dict[str, NDArray[np.uint8]],
+        region_probs: NDArray[np.float32],
     ) -> Prediction:
         labels = self.config.labels
         points = {
@@ -227,4 +235,7 @@ class Predictor:
             keypoints=points,
             vhs=vhs,
             heatmaps=heatmaps,
+            region_probabilities={
+                name: float(p) for name, p in zip(self.config.regions, region_probs, strict=True)
+            },
         )

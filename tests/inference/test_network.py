@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,3 +384,42 @@ def test_predictor_bf16_flag_on_cpu() -> None:
     predictor = Predictor(build_model(config), config, cpu_bf16=True)
     [prediction] = predictor.predict([np.zeros((64, 64), dtype=np.uint8)])
     assert all(0.0 <= p <= 1.0 for p in prediction.probabilities.values())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Regions, species and intended use (added after the first checkpoints)
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_region_logits_follow_the_findings_logits() -> None:
+    config = _config(
+        regions=["thorax", "abdomen", "musculoskeletal"], species=["canine"], intended_use="demo"
+    )
+    assert config.regions == ("thorax", "abdomen", "musculoskeletal")
+    assert config.species == ("canine",)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    model = build_model(config).eval()
+    with torch.no_grad():
+        output = model(torch.randn(2, 1, 128, 128))
+    assert output.logits.shape == (2, 2 + 3)
+    predictor = Predictor(model, config)
+    [prediction] = predictor.predict([np.zeros((90, 128), dtype=np.uint8)])
+    assert set(prediction.probabilities) == {"cardiomegaly", "pleural_effusion"}
+    assert list(prediction.region_probabilities) == ["thorax", "abdomen", "musculoskeletal"]
+    assert sum(prediction.region_probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    plain = Predictor(build_model(_config()), _config())
+    assert plain.predict([np.zeros((64, 64), np.uint8)])[0].region_probabilities == {}
+
+
+def test_a_checkpoint_from_before_regions_still_loads(tmp_path: Path) -> None:
+    config = _config()
+    old = {k: v for k, v in config.to_dict().items() if k not in {"regions", "species", "intended_use"}}
+    state = build_model(config).state_dict()
+    path = tmp_path / "old.pt"
+    torch.save({"format": "xcaliber-model/1", "config": old, "state_dict": state}, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = Predictor.load(path, expected_sha256=digest)
+    assert loaded.config.regions == ()
+    assert loaded.config.species == ()
+    assert loaded.config.intended_use == ""
+    assert loaded.config.labels == config.labels
