@@ -77,6 +77,15 @@ def embedded_worker() -> EmbeddedReadWorker:
         return _worker
 
 
+def embedded_worker_stop() -> None:
+    """Stop and forget this process's worker thread (tests; a server process simply exits)."""
+    global _worker
+    with _lock:
+        worker, _worker = _worker, None
+    if worker is not None:
+        worker.stop()
+
+
 def reads_dispatch(read_ids: Sequence[uuid.UUID]) -> None:
     """Hand queued reads to whatever runs them (``XCALIBER_READ_WORKER``); called after commit."""
     mode = settings.XCALIBER_READ_WORKER

@@ -535,6 +535,9 @@ def test_the_embedded_worker_thread_reads_after_commit(cast: Cast, settings: Any
         if statuses == ["done"]:
             break
         time.sleep(0.05)
+    from inference.reads.dispatch import embedded_worker_stop
+
+    embedded_worker_stop()  # before the test database goes away under it
     assert statuses == ["done"]
 
 

@@ -34,7 +34,8 @@ class Command(BaseCommand):
         batch = max(1, options["batch"])
         interval = options["interval"] or settings.XCALIBER["WEBHOOK_SWEEP_SECONDS"] or 15
         while True:
-            close_old_connections()
+            if not options["once"]:  # a long-running loop drops stale connections between polls
+                close_old_connections()
             while True:  # drain: a full batch means more may be due
                 report = webhook_deliveries_due(limit=batch)
                 if report.attempted or options["once"]:

@@ -22,7 +22,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         total = 0
         while True:
-            close_old_connections()
+            if not options["once"]:  # a long-running loop drops stale connections between polls
+                close_old_connections()
             batches = reads_run_pending()
             total += batches
             if batches:
