@@ -7,8 +7,11 @@ Types so far: ``study.created``, ``image.stored``, ``read.queued``, ``read.start
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -34,12 +37,43 @@ def _next_seq(clinic_id: uuid.UUID) -> int:
     return counter.last_seq
 
 
+_deferred: ContextVar[list[dict[str, Any]] | None] = ContextVar("deferred_events", default=None)
+
+
+@contextlib.contextmanager
+def deferred_events() -> Iterator[None]:
+    """Hold the events emitted inside the block and write them when it ends, still in the transaction.
+
+    Writing an event takes the clinic's counter lock until commit. A transaction that does slow work after
+    its first event (an upload streaming to S3) would hold every other writer of that clinic, the read
+    worker's events included, for that long; inside this block the lock is taken only at the end. Use it
+    *inside* ``transaction.atomic()``, so it ends before the commit. Nested blocks flush with the outer.
+    """
+    if _deferred.get() is not None:
+        yield
+        return
+    buffer: list[dict[str, Any]] = []
+    token = _deferred.set(buffer)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+    for event in buffer:
+        event_emit(**event)
+
+
 def event_emit(*, clinic_id: uuid.UUID, type: str, data: dict[str, Any]) -> Event:
     """Append an event to the clinic's log. Must run inside the transaction of the change it reports
     (it locks the clinic's counter until that commits); the push to WebSocket clients happens after
-    commit, and a push that fails loses nothing: clients catch up from the log with ``since``."""
+    commit, and a push that fails loses nothing: clients catch up from the log with ``since``.
+
+    Inside ``deferred_events()`` the event is only queued (the returned row is unsaved)."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("event_emit must run inside the transaction of the change it reports")
+    buffer = _deferred.get()
+    if buffer is not None:
+        buffer.append({"clinic_id": clinic_id, "type": type, "data": data})
+        return Event(clinic_id=clinic_id, seq=0, type=type, data=data)
     event = Event.objects.create(
         clinic_id=clinic_id, seq=_next_seq(clinic_id), type=type, data=data, created_at=timezone.now()
     )

@@ -102,3 +102,21 @@ def test_a_ticket_works_once(cast: Cast, problem: Any) -> None:
     assert tickets.ticket_redeem(body["ticket"]) is None
     assert tickets.ticket_redeem("made-up") is None
     problem(cast.client(Role.VIEWER).get("/api/v1/events/?since=-1"), 400)
+
+
+def test_deferred_events_are_written_at_the_end_of_the_block(cast: Cast) -> None:
+    """Uploads emit inside ``deferred_events()``: the clinic's counter lock is taken only after the slow
+    part (storing files), so other writers of the clinic are not held behind an S3 upload."""
+    from django.db import transaction
+
+    from clinics.events.models import EventCounter
+    from clinics.events.services import deferred_events, event_emit
+
+    with transaction.atomic():
+        with deferred_events():
+            event_emit(clinic_id=cast.clinic.id, type="study.created", data={"n": 1})
+            with deferred_events():  # nested: flushed with the outer block
+                event_emit(clinic_id=cast.clinic.id, type="image.stored", data={"n": 2})
+            assert not Event.objects.exists()
+            assert not EventCounter.objects.exists()  # no lock taken yet
+        assert list(Event.objects.values_list("seq", "type")) == [(1, "study.created"), (2, "image.stored")]

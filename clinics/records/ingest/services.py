@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.utils import timezone
 
+from clinics.events.services import deferred_events
 from clinics.records import events
 from clinics.records import services as record_services
 from clinics.records.ingest import dicom_fields
@@ -148,7 +149,7 @@ def images_add(
     """
     if inspected is None:
         inspected = inspect_all(files)
-    with StoredObjects() as stored, transaction.atomic():
+    with StoredObjects() as stored, transaction.atomic(), deferred_events():
         study = Study.objects.select_for_update().get(id=study.id)
         results = []
         for received, facts in zip(files, inspected, strict=True):
@@ -223,7 +224,7 @@ def dicom_instances_store(*, actor: Actor, files: Sequence[ReceivedFile]) -> lis
                 "The DICOM instance has no StudyInstanceUID or SOPInstanceUID.", code="dicom_invalid"
             )
     results = []
-    with StoredObjects() as stored, transaction.atomic():
+    with StoredObjects() as stored, transaction.atomic(), deferred_events():
         for received, facts in zip(files, inspected, strict=True):
             assert facts.dicom is not None
             uid = facts.dicom.study_instance_uid[:64]
@@ -276,7 +277,7 @@ def capture_create(
 ) -> Captured:
     """The mobile app's one call: patient (existing, matched by external id, or new), study and images."""
     inspected = inspect_all(files)  # refuse bad files before creating the patient and the study
-    with StoredObjects(), transaction.atomic():
+    with StoredObjects(), transaction.atomic(), deferred_events():
         created = False
         if patient is None:
             external_id = patient_fields.get("external_id", "")
