@@ -169,7 +169,9 @@ def s3_storage(
             "secret_key": secret_key,
             "default_acl": None,
             "querystring_auth": True,
-            "file_overwrite": False,
+            # Keys are built from fresh UUIDs, so no name can clash: skipping django-storages' existence
+            # check saves a HEAD request (and, per request thread, building an S3 client) on every save.
+            "file_overwrite": True,
             "object_parameters": {"ServerSideEncryption": "AES256"},
             # Files opened through the backend spill to disk past 1 MB instead of staying in memory.
             "max_memory_size": 1024 * 1024,

@@ -358,17 +358,31 @@ def _prepare_in_thread(read: Read) -> Prepared | Unusable:
     try:
         return _prepare_or_reason(read)
     finally:
-        connections.close_all()  # a decode thread keeps no database connection open
+        connections.close_all()  # a pooled decode thread holds no database connection between batches
 
 
 def _prepare_all(reads: Sequence[Read]) -> list[Prepared | Unusable]:
     """Decode on ``READ_DECODE_THREADS`` threads, apart from the model step (Pillow, pydicom's
     decoders and numpy release the GIL for most of the work)."""
-    threads = min(settings.XCALIBER["READ_DECODE_THREADS"], len(reads))
-    if threads <= 1:
+    if settings.XCALIBER["READ_DECODE_THREADS"] <= 1 or len(reads) <= 1:
         return [_prepare_or_reason(read) for read in reads]
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xcaliber-decode") as pool:
-        return list(pool.map(_prepare_in_thread, reads))
+    return list(_decode_pool().map(_prepare_in_thread, reads))
+
+
+_decoder: ThreadPoolExecutor | None = None
+_decoder_lock = threading.Lock()
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    """One pool for the process: its threads live on, so each keeps its storage client (django-storages
+    builds one per thread, and building it costs more than a small decode)."""
+    global _decoder
+    with _decoder_lock:
+        if _decoder is None:
+            _decoder = ThreadPoolExecutor(
+                max_workers=settings.XCALIBER["READ_DECODE_THREADS"], thread_name_prefix="xcaliber-decode"
+            )
+        return _decoder
 
 
 def reads_run(reads: Sequence[Read]) -> None:
