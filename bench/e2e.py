@@ -25,7 +25,7 @@ PostgreSQL database, a Redis database (flushed), a moto S3 server, uvicorn (``--
 runs one after the other. ``--url URL`` targets a server that is already running instead.
 """
 
-# ruff: noqa: S603, S606  (starts the project's own servers and manage.py with fixed arguments)
+# ruff: noqa: S603  (starts the project's own servers and manage.py with fixed arguments)
 from __future__ import annotations
 
 import argparse
@@ -62,8 +62,10 @@ from bench.ingest import (  # noqa: E402  (after the path above)
     RssSampler,
     cpu_line,
     cpu_seconds,
+    ensure_imports,
     free_port,
     percentile,
+    printable_command,
     process_tree,
     psutil,
     server_command,
@@ -1117,30 +1119,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return options
 
 
-def printable_command(argv: Sequence[str]) -> str:
-    """The command line as typed, with token values hidden."""
-    words = list(argv)
-    for index, word in enumerate(words):
-        if word == "--token" and index + 1 < len(words):
-            words[index + 1] = "***"
-        elif word.startswith("--token="):
-            words[index] = "--token=***"
-    return shlex.join(words)
-
-
-def _ensure_imports(argv: Sequence[str]) -> None:
-    """Re-run under the project's venv when this interpreter lacks what the benchmark needs."""
-    try:
-        import numpy  # noqa: F401
-        import PIL  # noqa: F401
-        import requests  # noqa: F401
-        import websockets  # noqa: F401
-    except ImportError:
-        if VENV_PYTHON.exists() and Path(sys.executable).resolve() != VENV_PYTHON.resolve():
-            os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
-        raise
-
-
 @contextlib.contextmanager
 def work_directory(options: argparse.Namespace, mode: str) -> Iterator[Path]:
     if options.workdir:
@@ -1160,9 +1138,9 @@ def work_directory(options: argparse.Namespace, mode: str) -> Iterator[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _ensure_imports(argv)
+    ensure_imports(argv, ("numpy", "PIL", "requests", "websockets"), __file__)
     options = parse_args(argv)
-    options.command = printable_command(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    options.command = printable_command(getattr(sys, "orig_argv", [sys.executable, *sys.argv]), "--token")
     if not options.url and not shipped_model_ready():
         raise SystemExit(
             f"no shipped model in {WEIGHTS_DIR} (weights.pt and model-card.json): the server would queue "

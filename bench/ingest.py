@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import json
 import os
@@ -945,26 +946,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return options
 
 
-def printable_command(argv: Sequence[str]) -> str:
-    """The command line as typed, with the API key's value hidden."""
+def printable_command(argv: Sequence[str], hidden: str = "--api-key") -> str:
+    """The command line as typed, with the value of the ``hidden`` option masked."""
     words = list(argv)
     for index, word in enumerate(words):
-        if word == "--api-key" and index + 1 < len(words):
+        if word == hidden and index + 1 < len(words):
             words[index + 1] = "***"
-        elif word.startswith("--api-key="):
-            words[index] = "--api-key=***"
+        elif word.startswith(f"{hidden}="):
+            words[index] = f"{hidden}=***"
     return shlex.join(words)
 
 
-def _ensure_imports(argv: Sequence[str]) -> None:
-    """Re-run under the project's venv when this interpreter lacks what the corpus needs."""
+def ensure_imports(argv: Sequence[str], modules: Sequence[str], script: str) -> None:
+    """Re-run ``script`` under the project's venv when this interpreter cannot import ``modules``."""
     try:
-        import numpy  # noqa: F401
-        import pydicom  # noqa: F401
-        import requests  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     except ImportError:
         if VENV_PYTHON.exists() and Path(sys.executable).resolve() != VENV_PYTHON.resolve():
-            os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
+            os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(script).resolve()), *argv])
         raise
 
 
@@ -987,7 +987,7 @@ def work_directory(options: argparse.Namespace) -> Iterator[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _ensure_imports(argv)
+    ensure_imports(argv, ("numpy", "pydicom", "requests"), __file__)
     options = parse_args(argv)
     modes: list[tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], None]]] = []
     if options.mode in {"rate", "both"}:
