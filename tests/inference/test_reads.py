@@ -568,6 +568,7 @@ def test_a_trained_model_registers_then_reads_once_activated(
             *("--name", "clinic-thorax", "--version", "0.1.0", "--output", str(tmp_path / "again")),
             stdout=out,
         )
+    assert not (tmp_path / "again").exists()  # refused before training, not after
     call_command("model_versions", "activate", version.label, stdout=out)
     body = capture(cast, [_png("t.png", phantom_png(60, region="thorax"))], commit)
     read = Read.objects.get(study_id=body["study"]["id"])

@@ -18,6 +18,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference.model.training import add_arguments, options_from_args, train
+from xcaliber.lib.problems import Conflict
 
 _DJANGO_OPTIONS = {
     "verbosity",
@@ -49,14 +50,23 @@ class Command(BaseCommand):
             self.stdout.write(line)
             self.stdout.flush()
 
+        train_options = options_from_args(argparse.Namespace(**options), _command_line(options))
+        if not options["no_register"]:
+            # Refuse a taken name and version before a run that may take an hour, not after it.
+            from inference.registry import model_version_name_free  # late: training alone needs no database
+
+            try:
+                model_version_name_free(name=train_options.name, version=train_options.version)
+            except Conflict as taken:
+                raise CommandError(str(taken)) from None
         try:
-            result = train(options_from_args(argparse.Namespace(**options), _command_line(options)), progress)
+            result = train(train_options, progress)
         except ValueError as error:
             raise CommandError(str(error)) from error
         if options["no_register"]:
             self.stdout.write(f"not registered (--no-register): {result.output_dir}")
             return
-        from inference.registry import register_trained  # imported late: training needs no database
+        from inference.registry import register_trained
 
         version = register_trained(result)
         self.stdout.write(self.style.SUCCESS(f"registered {version} as a candidate"))
