@@ -15,16 +15,9 @@ from inference.vocabulary import UnknownFinding, vocabulary
 from referrals import services
 from referrals.models import ConsultReport, Referral, ReferralStatus, ReportAddendum
 from referrals.pdf import render_pdf
-from xcaliber.lib.problems import Conflict, Forbidden, NotFound, Problem
+from xcaliber.lib.problems import Conflict, NotFound, Problem
 
 AGREEMENT = ("agree", "disagree", "not_assessed")
-
-
-def _author_check(referral: Referral, actor: Actor) -> None:
-    if referral.hospital_id != actor.clinic.id:
-        raise Forbidden("Only the receiving hospital writes the report.", code="hospital_only")
-    if actor.role == Role.VET and referral.assignee_id not in (None, getattr(actor.user, "id", None)):
-        raise Forbidden("Another specialist is assigned to this referral.", code="not_assignee")
 
 
 def _ai_codes(referral: Referral) -> set[str]:
@@ -70,7 +63,7 @@ def clean_findings(referral: Referral, findings: list[dict[str, Any]]) -> list[d
 
 def report_save_draft(*, actor: Actor, referral: Referral, **fields: Any) -> ConsultReport:
     """Create or change the draft (the referral must be in review, the report unsigned)."""
-    _author_check(referral, actor)
+    services.require_specialist(referral, actor)
     if referral.status != ReferralStatus.IN_REVIEW:
         raise Conflict(f"The referral is {referral.status}: start the review first.", code="referral_state")
     if "findings" in fields:
@@ -93,7 +86,7 @@ def report_sign(*, actor: Actor, referral: Referral, specialist: User | None = N
 
     A person signs as themselves. A partner system (API key) signs on behalf of ``specialist``, an active
     vet or admin of the hospital, whose name goes on the report; the audit records the key."""
-    _author_check(referral, actor)
+    services.require_specialist(referral, actor)
     signer = actor.user or specialist
     if signer is None:
         raise Problem(
@@ -127,8 +120,7 @@ def report_sign(*, actor: Actor, referral: Referral, specialist: User | None = N
 
 
 def report_add_addendum(*, actor: Actor, referral: Referral, text: str) -> ReportAddendum:
-    if referral.hospital_id != actor.clinic.id:
-        raise Forbidden("Only the receiving hospital adds addenda.", code="hospital_only")
+    services.hospital_only(referral, actor, Role.VET)
     report = ConsultReport.objects.filter(referral=referral, signed_at__isnull=False).first()
     if report is None:
         raise Conflict("Addenda follow a signed report.", code="report_not_signed")

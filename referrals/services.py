@@ -19,9 +19,10 @@ from django.utils import timezone
 from clinics.events.services import event_emit
 from clinics.records.models import Image, Study
 from clinics.tenancy.actor import Actor
-from clinics.tenancy.models import Clinic, ClinicKind, Membership, Role, User, role_at_least
+from clinics.tenancy.models import Clinic, ClinicKind, Role
 from clinics.tenancy.services import audit_record
 from inference.models import Read
+from referrals import selectors
 from referrals.models import (
     HospitalProfile,
     Partnership,
@@ -256,7 +257,7 @@ def _side(referral: Referral, actor: Actor) -> str:
 def referral_accept(*, actor: Actor, referral: Referral) -> Referral:
     """A hospital vet (the specialist, who becomes the assignee) or admin accepts a requested referral.
     Two accepting at once: the conditional update lets one through; the other gets 409."""
-    _hospital_only(referral, actor, Role.VET)
+    hospital_only(referral, actor, Role.VET)
     assignee = actor.user if actor.role == Role.VET else None
     extra: dict[str, Any] = {"accepted_at": timezone.now()}
     if assignee is not None:
@@ -272,7 +273,7 @@ def referral_accept(*, actor: Actor, referral: Referral) -> Referral:
 
 
 def referral_decline(*, actor: Actor, referral: Referral, reason: str) -> Referral:
-    _hospital_only(referral, actor, Role.VET)
+    hospital_only(referral, actor, Role.VET)
     return transition(
         referral,
         actor=actor,
@@ -283,11 +284,11 @@ def referral_decline(*, actor: Actor, referral: Referral, reason: str) -> Referr
     )
 
 
-def referral_assign(*, actor: Actor, referral: Referral, user: User) -> Referral:
-    """A hospital admin assigns a specialist (an active vet or admin of the hospital)."""
-    _hospital_only(referral, actor, Role.ADMIN)
-    membership = Membership.objects.filter(clinic=actor.clinic, user=user, is_active=True).first()
-    if membership is None or not role_at_least(membership.role, Role.VET):
+def referral_assign(*, actor: Actor, referral: Referral, email: str) -> Referral:
+    """A hospital admin assigns a specialist: the active vet or admin of the hospital with ``email``."""
+    hospital_only(referral, actor, Role.ADMIN)
+    user = selectors.hospital_member(clinic=actor.clinic, email=email)
+    if user is None:
         raise Problem(
             "The assignee must be an active vet or admin of the hospital.",
             code="assignee_invalid",
@@ -308,9 +309,7 @@ def referral_assign(*, actor: Actor, referral: Referral, user: User) -> Referral
 
 
 def referral_start_review(*, actor: Actor, referral: Referral) -> Referral:
-    _hospital_only(referral, actor, Role.VET)
-    if referral.assignee_id not in (None, getattr(actor.user, "id", None)) and actor.role == Role.VET:
-        raise Forbidden("Another specialist is assigned to this referral.", code="not_assignee")
+    require_specialist(referral, actor)
     extra: dict[str, Any] = {}
     if referral.assignee_id is None and actor.user is not None:
         extra["assignee"] = actor.user
@@ -338,11 +337,19 @@ def referral_cancel(*, actor: Actor, referral: Referral) -> Referral:
     )
 
 
-def _hospital_only(referral: Referral, actor: Actor, minimum: str) -> None:
+def hospital_only(referral: Referral, actor: Actor, minimum: str) -> None:
     if _side(referral, actor) != "hospital":
         raise Forbidden("Only the receiving hospital can do this.", code="hospital_only")
     if not actor.has_role(minimum):
         raise Forbidden(f"This needs the {minimum} role or higher.", code="role_insufficient")
+
+
+def require_specialist(referral: Referral, actor: Actor) -> None:
+    """The hospital's vet working the referral: its assignee, or anyone while none is assigned (admins
+    and partner systems of the hospital act for whoever is)."""
+    hospital_only(referral, actor, Role.VET)
+    if actor.role == Role.VET and referral.assignee_id not in (None, getattr(actor.user, "id", None)):
+        raise Forbidden("Another specialist is assigned to this referral.", code="not_assignee")
 
 
 def hospital_for(*, actor: Actor, hospital_id: uuid.UUID) -> Clinic:

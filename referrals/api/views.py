@@ -308,14 +308,9 @@ class ReferralAssignView(_ReferralActionView):
     def perform_action(self, request: Request, referral: Any) -> Any:
         data = s.ReferralAssignInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = selectors.hospital_member(clinic=self.actor.clinic, email=data.validated_data["email"])
-        if user is None:
-            raise Problem(
-                "The assignee must be an active vet or admin of the hospital.",
-                code="assignee_invalid",
-                status=422,
-            )
-        return services.referral_assign(actor=self.actor, referral=referral, user=user)
+        return services.referral_assign(
+            actor=self.actor, referral=referral, email=data.validated_data["email"]
+        )
 
 
 class ReferralStartReviewView(_ReferralActionView):
