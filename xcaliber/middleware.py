@@ -45,15 +45,8 @@ def _clinic_id(response: HttpResponseBase) -> str | None:
     return str(clinic_id) if clinic_id is not None else None
 
 
-class RequestContextMiddleware:
-    """Outermost middleware: gives each request an id, times it, logs it and counts it.
-
-    * ``X-Request-ID``: the client's value when it is a sane token (up to 128 of ``A-Z a-z 0-9 . _ : -``),
-      else a new one; echoed on the response and present on every log record of the request.
-    * one ``xcaliber.access`` record per request (in json mode) with method, path, route, status,
-      duration and the clinic id when the request acted for one;
-    * ``xcaliber_http_request_duration_seconds`` and ``xcaliber_http_requests_total``.
-    """
+class _SyncAndAsyncMiddleware:
+    """Runs in whichever mode the stack around it uses (no thread hop under ASGI)."""
 
     sync_capable = True
     async_capable = True
@@ -63,6 +56,20 @@ class RequestContextMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        raise NotImplementedError
+
+
+class RequestContextMiddleware(_SyncAndAsyncMiddleware):
+    """Outermost middleware: gives each request an id, times it, logs it and counts it.
+
+    * ``X-Request-ID``: the client's value when it is a sane token (up to 128 of ``A-Z a-z 0-9 . _ : -``),
+      else a new one; echoed on the response and present on every log record of the request.
+    * one ``xcaliber.access`` record per request (in json mode) with method, path, route, status,
+      duration and the clinic id when the request acted for one;
+    * ``xcaliber_http_request_duration_seconds`` and ``xcaliber_http_requests_total``.
+    """
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
@@ -152,17 +159,8 @@ def content_security_policy(response: HttpResponseBase) -> str:
     return _DOCS_POLICY.format(hashes="".join(" " + item for item in hashes))
 
 
-class ContentSecurityPolicyMiddleware:
+class ContentSecurityPolicyMiddleware(_SyncAndAsyncMiddleware):
     """Sets ``Content-Security-Policy`` on every response that has none (see ``content_security_policy``)."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: GetResponse | AsyncGetResponse) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
