@@ -21,12 +21,8 @@ def _queue_read(sender: Any, *, image: Any, actor: Any, **kwargs: Any) -> None:
 def _study_read_keys(sender: Any, *, study: Any, **kwargs: Any) -> list[str]:
     from inference.models import Finding
 
-    return [
-        key
-        for key in Finding.objects.filter(read__study=study)
-        .exclude(heatmap_key="")
-        .values_list("heatmap_key", flat=True)
-    ]
+    heatmaps = Finding.objects.filter(read__study=study).exclude(heatmap_key="")
+    return list(heatmaps.values_list("heatmap_key", flat=True))
 
 
 class InferenceConfig(AppConfig):

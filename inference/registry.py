@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,8 +185,6 @@ def active_model_for(*, species: str, body_region: str) -> ModelVersion | None:
 
 def find_model_version(reference: str) -> ModelVersion | None:
     """A version by id or ``name@version``."""
-    import uuid
-
     try:
         return ModelVersion.objects.filter(id=uuid.UUID(reference)).first()
     except ValueError:

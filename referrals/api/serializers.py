@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework import serializers
 
 from clinics.records.models import Image, Patient, Study
@@ -141,8 +142,6 @@ class ReferralOutputSerializer(serializers.ModelSerializer[Referral]):
         return getattr(referral, "unread_messages", None)
 
     def get_overdue(self, referral: Referral) -> bool:
-        from django.utils import timezone
-
         open_states = {"requested", "accepted", "in_review"}
         return referral.status in open_states and referral.sla_due_at < timezone.now()
 
