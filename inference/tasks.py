@@ -13,7 +13,6 @@ import uuid
 from celery import shared_task
 from django.conf import settings
 
-from inference.reads.runner import reads_run_pending
 from inference.reads.services import reads_reconcile_due
 
 
@@ -26,6 +25,10 @@ def reads_run_task(read_ids: list[str] | None = None) -> int:
     if window:
         time.sleep(window)
     del read_ids  # only a hint: the worker takes the oldest claimable reads, these among them
+    # Imported here, not at the top: the model (torch) loads in the inference worker only, not in the
+    # CPU worker and beat, which import this module for the reconciler.
+    from inference.reads.runner import reads_run_pending
+
     return reads_run_pending()
 
 

@@ -25,7 +25,7 @@ from clinics.tenancy.models import Role
 from inference import selectors
 from inference.access import access_read, access_read_finding
 from inference.api import read_serializers as s
-from inference.model.predictor import vhs_from_prediction
+from inference.model.vhs import vhs_from_prediction
 from inference.reads import services
 from inference.reads.export import feedback_dataset_zip, iter_file
 from inference.registry import find_model_version

@@ -37,12 +37,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from inference.model.preprocess import NORMALISE_MEAN, NORMALISE_STD
-
-LONG_AXIS = ("heart_long_a", "heart_long_b")
-SHORT_AXIS = ("heart_short_a", "heart_short_b")
-# The vertebral reference spans REFERENCE_VERTEBRAE bodies from the cranial end of T4.
-REFERENCE_POINTS = ("t4_cranial", "t8_cranial")
-REFERENCE_VERTEBRAE = 4
+from inference.model.vhs import REFERENCE_VERTEBRAE
 
 
 def seed_everything(seed: int) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,53 +18,11 @@ from numpy.typing import NDArray
 from torch import nn
 
 from inference.model.gradcam import activation_maps, upsample_maps
-from inference.model.network import (
-    LONG_AXIS,
-    REFERENCE_POINTS,
-    REFERENCE_VERTEBRAE,
-    SHORT_AXIS,
-    ModelConfig,
-    XCaliberNet,
-    build_model,
-)
+from inference.model.network import ModelConfig, XCaliberNet, build_model
 from inference.model.preprocess import Letterbox, to_batch
+from inference.model.vhs import LONG_AXIS, REFERENCE_POINTS, SHORT_AXIS, Point, vhs_from_prediction
 
 CHECKPOINT_FORMAT = "xcaliber-model/1"
-
-
-# --------------------------------------------------------------------------------------------------------
-# VHS
-# --------------------------------------------------------------------------------------------------------
-
-
-Point = tuple[float, float]
-
-
-def vhs_from_prediction(
-    points: Mapping[str, Point],
-    *,
-    vertebrae: int = REFERENCE_VERTEBRAE,
-    long_axis: tuple[str, str] = LONG_AXIS,
-    short_axis: tuple[str, str] = SHORT_AXIS,
-    reference: tuple[str, str] = REFERENCE_POINTS,
-) -> float:
-    """Vertebral heart score: (|long axis| + |short axis|) / (reference length / ``vertebrae``).
-
-    The reference points span ``vertebrae`` vertebral bodies caudally from T4, so their distance over
-    ``vertebrae`` is one vertebral unit. Any consistent coordinates work (isotropic scaling cancels), but
-    points must share one frame: map them to the original image first when the pixels are not square.
-    """
-    if vertebrae < 1:
-        raise ValueError("vertebrae must be at least 1")
-
-    def length(names: tuple[str, str]) -> float:
-        (ax, ay), (bx, by) = points[names[0]], points[names[1]]
-        return math.hypot(bx - ax, by - ay)
-
-    unit = length(reference) / vertebrae
-    if unit <= 1e-9:
-        raise ValueError("the vertebral reference points coincide: no vertebral unit to measure with")
-    return (length(long_axis) + length(short_axis)) / unit
 
 
 # --------------------------------------------------------------------------------------------------------

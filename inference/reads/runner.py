@@ -27,8 +27,8 @@ from numpy.typing import NDArray
 from PIL import Image as PILImage
 
 from clinics.records import storage
-from inference.model.network import LONG_AXIS, REFERENCE_POINTS, SHORT_AXIS
 from inference.model.predictor import Prediction, Predictor
+from inference.model.vhs import LONG_AXIS, REFERENCE_POINTS, SHORT_AXIS
 from inference.models import ModelVersion, Read
 from inference.reads import services
 from inference.reads.overlay import overlay_png

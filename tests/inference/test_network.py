@@ -15,9 +15,6 @@ from torch import nn
 from inference.model.calibration import auroc, choose_thresholds, fit_temperature, metrics
 from inference.model.gradcam import gradcam
 from inference.model.network import (
-    LONG_AXIS,
-    REFERENCE_POINTS,
-    SHORT_AXIS,
     ModelConfig,
     NetOutput,
     XCaliberNet,
@@ -25,8 +22,9 @@ from inference.model.network import (
     seed_everything,
     training_loss,
 )
-from inference.model.predictor import ChecksumMismatchError, Predictor, vhs_from_prediction
+from inference.model.predictor import ChecksumMismatchError, Predictor
 from inference.model.preprocess import Letterbox, to_batch
+from inference.model.vhs import LONG_AXIS, REFERENCE_POINTS, SHORT_AXIS, vhs_from_prediction
 
 VHS_POINTS = (*LONG_AXIS, *SHORT_AXIS, *REFERENCE_POINTS)
 SIZE = 96  # small enough to train in seconds on CPU, big enough for a 6 x 6 Grad-CAM grid

@@ -7,7 +7,8 @@ from cron with ``--once``. Any number may run at once: every attempt is claimed 
 
 from __future__ import annotations
 
-import time
+import signal
+import threading
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +16,18 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from clinics.webhooks.deliveries import webhook_deliveries_due
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """SIGTERM (and SIGINT) end the loop after the delivery in hand, not in the middle of one."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
 
 
 class Command(BaseCommand):
@@ -33,15 +46,16 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         batch = max(1, options["batch"])
         interval = options["interval"] or settings.XCALIBER["WEBHOOK_SWEEP_SECONDS"] or 15
-        while True:
+        stop = threading.Event() if options["once"] else _stop_on_sigterm()
+        while not stop.is_set():
             if not options["once"]:  # a long-running loop drops stale connections between polls
                 close_old_connections()
             while True:  # drain: a full batch means more may be due
                 report = webhook_deliveries_due(limit=batch)
                 if report.attempted or options["once"]:
                     self.stdout.write(str(report))
-                if report.attempted < batch:
+                if report.attempted < batch or stop.is_set():
                     break
             if options["once"]:
                 return
-            time.sleep(interval)
+            stop.wait(interval)

@@ -30,9 +30,13 @@ class Command(BaseCommand):
             "consumes 'default').",
         )
         parser.add_argument("--beat", action="store_true", help="Also run the reconciler schedule here.")
+        parser.add_argument(
+            "--hostname", default=None, help="Celery node name, e.g. inference1@%%h (default: celery@HOST)."
+        )
         parser.add_argument("--loglevel", default="INFO")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        import inference.reads.runner  # noqa: F401  (torch and the model code load now, not on the first read)
         from xcaliber.celery import app
 
         if options["batch_max"]:
@@ -48,5 +52,6 @@ class Command(BaseCommand):
             loglevel=options["loglevel"],
             without_gossip=True,
             without_mingle=True,
+            **({"hostname": options["hostname"]} if options["hostname"] else {}),
         )
         worker.start()

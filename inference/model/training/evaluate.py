@@ -15,8 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from inference.model.calibration import LabelMetrics, choose_thresholds, fit_temperature, metrics
-from inference.model.network import LONG_AXIS, REFERENCE_POINTS, SHORT_AXIS
-from inference.model.predictor import vhs_from_prediction
+from inference.model.vhs import LONG_AXIS, REFERENCE_POINTS, SHORT_AXIS, vhs_from_prediction
 
 from .data import Cases
 from .loop import Outputs
