@@ -9,3 +9,8 @@ class BillingConfig(AppConfig):
         # Registers the usage task with the Celery app a worker sets up (xcaliber.celery discovers
         # only inference's tasks).
         from billing import tasks  # noqa: F401
+        from billing.seats import BillingSeatPolicy
+        from clinics.tenancy.signals import seat_policy_register
+
+        # Tenancy asks billing before a member is added past the paid seats, and tells it when one goes.
+        seat_policy_register("billing", BillingSeatPolicy())

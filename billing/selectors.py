@@ -23,22 +23,25 @@ class BillingOverview:
     subscription: Subscription | None
     seats: ClinicSeats
     seats_paid: int
+    seats_renewing: int
     period_start: datetime.datetime
     period_end: datetime.datetime | None
     reads_this_period: int
 
 
 def billing_overview(*, clinic: Clinic) -> BillingOverview:
-    """Plan, status, seats used and paid, and reads since the current period (or the trial) began."""
+    """Plan, status, seats used, paid and renewing, and reads since the current period (or the trial)
+    began."""
     subscription = Subscription.objects.filter(clinic=clinic).first()
     entitlement = entitlement_for(clinic=clinic, subscription=subscription)
     plan = entitlement.plan
     if subscription is not None and subscription.stripe_subscription_id:
         seats_paid = plan.seats_included + max(subscription.seat_quantity, subscription.period_seat_quantity)
+        seats_renewing = plan.seats_included + subscription.seat_quantity
         start = subscription.current_period_start or subscription.created_at
         end = subscription.current_period_end
     else:
-        seats_paid = clinic.seat_limit
+        seats_paid = seats_renewing = clinic.seat_limit
         start, end = clinic.created_at, entitlement.trial_end
     reads = UsageRecord.objects.filter(clinic=clinic, created_at__gte=start).count()
     return BillingOverview(
@@ -47,6 +50,7 @@ def billing_overview(*, clinic: Clinic) -> BillingOverview:
         subscription=subscription,
         seats=clinic_seats(clinic=clinic),
         seats_paid=seats_paid,
+        seats_renewing=seats_renewing,
         period_start=start,
         period_end=end,
         reads_this_period=reads,

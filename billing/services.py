@@ -1,5 +1,5 @@
-"""Every billing write: the Stripe customer, checkout and portal sessions, seat changes, and applying a
-Stripe subscription to the clinic (status, plan, seats, seat limit).
+"""Every billing write: the Stripe customer, checkout and portal sessions, and applying a Stripe
+subscription to the clinic (status, plan, seats, seat limit). Seat changes live in ``billing.seats``.
 
 Services take keyword-only arguments. The clinic's Subscription row is locked (``select_for_update``)
 for every change; outbound Stripe calls carry an idempotency key derived from what they do, so a retried
@@ -25,7 +25,6 @@ from billing.models import Subscription, SubscriptionStatus
 from billing.plans import Plan, plan_for_prices, plan_get, plan_purchasable
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import Clinic
-from clinics.tenancy.selectors import clinic_seats
 from clinics.tenancy.services import audit_record
 from xcaliber.lib.problems import Conflict, Invalid
 
@@ -47,16 +46,16 @@ def _timestamp(value: Any) -> datetime.datetime | None:
 
 def subscription_locked(*, clinic_id: uuid.UUID) -> Subscription:
     """The clinic's Subscription row under a row lock, created (on the trial) when missing. Call inside
-    a transaction."""
-    subscription = (
-        Subscription.objects.select_for_update().select_related("clinic").filter(clinic_id=clinic_id)
-    )
-    found = subscription.first()
-    if found is not None:
-        return found
+    a transaction.
+
+    Locks the clinic row first, then the subscription: the order tenancy's seat changes take (clinic,
+    then billing's seat policy), so a webhook or a seat change never deadlocks with a member's add."""
     clinic = Clinic.objects.select_for_update().get(id=clinic_id)
-    Subscription.objects.get_or_create(clinic=clinic, defaults={"trial_end": trial_end_of(clinic, None)})
-    return subscription.get()
+    subscription, _ = Subscription.objects.select_for_update().get_or_create(
+        clinic=clinic, defaults={"trial_end": trial_end_of(clinic, None)}
+    )
+    subscription.clinic = clinic
+    return subscription
 
 
 # ---------------------------------------------------------------------------- customer, checkout, portal
@@ -194,103 +193,12 @@ def portal_session_create(*, actor: Actor) -> str:
 # ---------------------------------------------------------------------------- seats
 
 
-def _seat_limit(plan: Plan, subscription: Subscription) -> int:
-    return plan.seats_included + max(subscription.seat_quantity, subscription.period_seat_quantity)
-
-
-def subscription_seats_set(*, actor: Actor, seats: int) -> Subscription:
-    """Set the paid seats to ``seats`` in all.
-
-    More seats: on a ``prorate`` plan the Stripe quantity rises at once with a prorated invoice and the
-    seat limit follows; a ``refuse`` plan answers 409 ``seat_increase_refused`` (change seats in the
-    portal). Fewer seats: the Stripe quantity drops without proration and the seat limit drops when the
-    current period ends; never below the seats in use (409 ``seats_in_use``).
-    """
-    with transaction.atomic():
-        subscription = subscription_locked(clinic_id=actor.clinic.id)
-        if not subscription.stripe_subscription_id or subscription.status not in {
-            SubscriptionStatus.TRIALING,
-            SubscriptionStatus.ACTIVE,
-        }:
-            raise Conflict(
-                "Seats can be bought on an active subscription only.", code="subscription_not_active"
-            )
-        plan = plan_get(subscription.plan)
-        if seats < plan.seats_included:
-            raise Invalid("seats", f"the plan includes {plan.seats_included} seats; that is the least")
-        extra = seats - plan.seats_included
-        if extra and not plan.seat_price:
-            raise Invalid("seats", f"{plan.code} sells no extra seats")
-        if extra == subscription.seat_quantity:
-            return subscription
-        increase = extra > subscription.seat_quantity
-        if not increase:
-            used = clinic_seats(clinic=subscription.clinic)
-            if seats < used.active_members + used.pending_invitations:
-                raise Conflict(
-                    f"{used.active_members} members and {used.pending_invitations} pending invitations hold "
-                    f"seats; free some before going down to {seats}.",
-                    code="seats_in_use",
-                )
-        if increase and plan.seat_overage != "prorate":
-            raise Conflict(
-                f"The {plan.name} plan does not add seats mid-period: change seats in the billing portal.",
-                code="seat_increase_refused",
-            )
-        # Derived from the row and its change counter: a retry of this change reuses the key.
-        key = f"xcaliber-seats-{subscription.id}-{subscription.seat_changes + 1}-{extra}"
-        proration = "always_invoice" if increase else "none"
-        client = stripe_client()
-        try:
-            if subscription.stripe_seat_item_id:
-                item = client.v1.subscription_items.update(
-                    subscription.stripe_seat_item_id,
-                    params={"quantity": extra, "proration_behavior": proration},
-                    options={"idempotency_key": key},
-                )
-            else:
-                item = client.v1.subscription_items.create(
-                    params={
-                        "subscription": subscription.stripe_subscription_id,
-                        "price": plan.seat_price,
-                        "quantity": extra,
-                        "proration_behavior": proration,
-                    },
-                    options={"idempotency_key": key},
-                )
-        except stripe.StripeError as exc:
-            raise stripe_failure(exc) from exc
-        previous = subscription.seat_quantity
-        subscription.stripe_seat_item_id = item.id
-        subscription.seat_quantity = extra
-        subscription.period_seat_quantity = max(subscription.period_seat_quantity, extra)
-        subscription.seat_changes += 1
-        subscription.updated_at = timezone.now()
-        subscription.save(
-            update_fields=[
-                "stripe_seat_item_id",
-                "seat_quantity",
-                "period_seat_quantity",
-                "seat_changes",
-                "updated_at",
-            ]
-        )
-        _seat_limit_apply(subscription, plan)
-        audit_record(
-            clinic=subscription.clinic,
-            actor=actor,
-            action="billing.seats_changed",
-            target_type="subscription",
-            target_id=subscription.id,
-            data={"from": plan.seats_included + previous, "to": seats, "proration": proration},
-        )
-        events.subscription_event(subscription, "updated", seats_paid=seats)
-        return subscription
-
-
-def _seat_limit_apply(subscription: Subscription, plan: Plan) -> None:
+def seat_limit_apply(*, subscription: Subscription, plan: Plan) -> None:
+    """Set the clinic's seat limit to the seats paid in this period: the plan's included seats plus the
+    most extra seats paid for since the period began (a seat given back stays until the period ends)."""
     clinic = subscription.clinic
-    limit = max(_seat_limit(plan, subscription), 1)
+    extra = max(subscription.seat_quantity, subscription.period_seat_quantity)
+    limit = max(plan.seats_included + extra, 1)
     if clinic.seat_limit != limit:
         Clinic.objects.filter(id=clinic.id).update(seat_limit=limit)
         clinic.seat_limit = limit
@@ -355,7 +263,7 @@ def subscription_apply(*, subscription: Subscription, data: dict[str, Any], even
     subscription.updated_at = timezone.now()
     subscription.save()
     if status in LIVE_STATUSES:
-        _seat_limit_apply(subscription, plan)
+        seat_limit_apply(subscription=subscription, plan=plan)
     if first:
         kind = "created"
     elif status == SubscriptionStatus.CANCELED and previous_status != SubscriptionStatus.CANCELED:

@@ -433,8 +433,9 @@ BILLING = {
     "USAGE_MAX_ATTEMPTS": env_int("XCALIBER_BILLING_USAGE_MAX_ATTEMPTS", 12, minimum=1),
     "RETURN_URL": env_str("XCALIBER_BILLING_RETURN_URL", XCALIBER_PUBLIC_URL.rstrip("/") + "/billing"),
     # Plans as data; Stripe price ids per environment. Amounts live in Stripe, never in code.
-    # seat_overage: "prorate" (an admin adds seats at once, prorated) or "refuse" (seats change only
-    # through checkout or the customer portal).
+    # seat_overage: "prorate" (adding a member past the paid seats buys one at once, prorated; an admin
+    # may also set seats) or "refuse" (such an add is a 409; seats change through checkout or the portal).
+    # Either way a removal gives a seat back from the next period (billing/seats.py).
     "PLANS": {
         "trial": {
             "name": "Free trial",

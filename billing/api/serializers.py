@@ -15,7 +15,9 @@ class BillingPlanOutputSerializer(serializers.Serializer[Any]):
     kind = serializers.ChoiceField(choices=["trial", "flat", "metered"], help_text="how reads are billed")
     seats_included = serializers.IntegerField()
     seat_overage = serializers.ChoiceField(
-        choices=["prorate", "refuse"], help_text="whether admins may add seats mid-period (prorated)"
+        choices=["prorate", "refuse"],
+        help_text="adding a member past the paid seats: `prorate` buys the seat at once (prorated), "
+        "`refuse` answers 409 `seat_limit_reached` (seats change in the billing portal)",
     )
     purchasable = serializers.BooleanField(help_text="offered at checkout on this server")
 
@@ -23,6 +25,9 @@ class BillingPlanOutputSerializer(serializers.Serializer[Any]):
 class BillingSeatsOutputSerializer(serializers.Serializer[Any]):
     included = serializers.IntegerField(help_text="seats the plan includes")
     paid = serializers.IntegerField(help_text="seats paid for this period (included + extra)")
+    renewing = serializers.IntegerField(
+        help_text="seats the next period bills: fewer than `paid` when seats were given back this period"
+    )
     limit = serializers.IntegerField(help_text="the clinic's seat limit")
     active_members = serializers.IntegerField()
     pending_invitations = serializers.IntegerField()
@@ -63,6 +68,7 @@ def overview_data(overview: BillingOverview) -> dict[str, Any]:
         "seats": {
             "included": plan.seats_included,
             "paid": overview.seats_paid,
+            "renewing": overview.seats_renewing,
             "limit": overview.seats.limit,
             "active_members": overview.seats.active_members,
             "pending_invitations": overview.seats.pending_invitations,

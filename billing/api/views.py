@@ -11,7 +11,7 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from billing import selectors, services
+from billing import seats, selectors, services
 from billing.api import serializers as s
 from billing.plans import plan_list
 from billing.webhooks import stripe_webhook_receive
@@ -103,7 +103,8 @@ class BillingSeatsView(ClinicAPIView):
         tags=TAGS,
         summary="Set the paid seats (in all); more seats are prorated, fewer take effect at period end",
         description="On a plan with `seat_overage: prorate`, more seats are invoiced at once (prorated) and "
-        "the seat limit rises now; other plans answer 409 `seat_increase_refused`. Fewer seats lower the "
+        "the seat limit rises now; other plans answer 409 `seat_increase_refused`. Adding a member past "
+        "the paid seats does the same by itself (see invitations). Fewer seats lower the "
         "Stripe quantity without proration and the seat limit when the period ends; never below the "
         "seats members and pending invitations hold (409 `seats_in_use`)." + NOT_CONFIGURED,
         request=s.BillingSeatsInputSerializer,
@@ -112,7 +113,7 @@ class BillingSeatsView(ClinicAPIView):
     def post(self, request: Request) -> Response:
         data = s.BillingSeatsInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        services.subscription_seats_set(actor=self.actor, seats=data.validated_data["seats"])
+        seats.subscription_seats_set(actor=self.actor, seats=data.validated_data["seats"])
         return Response(s.BillingOverviewOutputSerializer(_overview(self)).data)
 
 

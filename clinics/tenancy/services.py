@@ -3,6 +3,9 @@
 Services take keyword-only arguments, run in one transaction, lock the clinic
 row whenever seats may change (so two concurrent invitations cannot both take
 the last seat), and write an audit entry in the same transaction as the change.
+Every seat change is put to the registered seat policies (``clinics.tenancy.signals``:
+billing's buys or refuses a seat past the limit, and gives one back on removal)
+under that lock and in that transaction.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from clinics.tenancy.models import (
     normalize_email,
 )
 from clinics.tenancy.selectors import clinic_seats
+from clinics.tenancy.signals import SeatChange, seat_freed_dispatch, seat_wanted_dispatch
 from xcaliber.lib.problems import Conflict, Forbidden, Invalid, Problem
 
 
@@ -204,15 +208,63 @@ def seats_in_use(*, clinic: Clinic) -> tuple[int, int]:
     return seats.active_members, seats.pending_invitations
 
 
-def _require_free_seat(clinic: Clinic, *, count_pending: bool) -> None:
+def _require_free_seat(
+    clinic: Clinic,
+    *,
+    count_pending: bool,
+    cause: str,
+    actor: Actor | None = None,
+    user: User | None = None,
+    origin: Origin | None = None,
+) -> None:
+    """Refuse (``seat_limit_reached``) an add that does not fit the seat limit, once the seat policies
+    have had their say: one may raise the limit (billing buys a seat) or fail the add with its own
+    problem. Call under the clinic's row lock, just before the new row is written.
+
+    ``count_pending``: the add takes a seat of its own (an invitation, a reactivation); without it,
+    an accepted invitation turns the seat its invitation held into the member's.
+    """
     active, pending = seats_in_use(clinic=clinic)
-    used = active + (pending if count_pending else 0)
-    if used >= clinic.seat_limit:
+    held = active + pending + (1 if count_pending else 0)
+    needed = held if count_pending else active + 1
+    reasons = seat_wanted_dispatch(
+        SeatChange(
+            clinic=clinic,
+            cause=cause,
+            seats_held=held,
+            seats_needed=needed,
+            actor=actor,
+            user=user,
+            origin=origin,
+        )
+    )
+    if needed > clinic.seat_limit:
+        clinic.refresh_from_db(fields=["seat_limit"])  # a policy may have raised it
+    if needed > clinic.seat_limit:
         raise SeatLimitReached(
-            f"All {clinic.seat_limit} seats are taken ({active} active members, {pending} pending "
-            "invitations). Free a seat or raise the seat limit.",
+            " ".join(
+                [
+                    f"All {clinic.seat_limit} seats are taken ({active} active members, {pending} pending "
+                    "invitations). Free a seat or raise the seat limit.",
+                    *reasons,
+                ]
+            ),
             extra={"seat_limit": clinic.seat_limit, "active": active, "pending_invitations": pending},
         )
+
+
+def _seat_freed(clinic: Clinic, *, cause: str, actor: Actor) -> None:
+    """Tell the seat policies a seat was freed. Call under the clinic's row lock, after the change."""
+    active, pending = seats_in_use(clinic=clinic)
+    seat_freed_dispatch(
+        SeatChange(
+            clinic=clinic,
+            cause=cause,
+            seats_held=active + pending,
+            seats_needed=active + pending,
+            actor=actor,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------- invitations
@@ -245,8 +297,10 @@ def _assignable_role(actor: Actor, role: str) -> None:
 def invitation_create(*, actor: Actor, email: str, role: str) -> IssuedInvitation:
     """Invite ``email`` with ``role``; emails the token and returns it once.
 
-    Locks the clinic row; a pending invitation holds a seat. Refuses with
-    ``seat_limit_reached``, ``already_member`` or ``invitation_pending``.
+    Locks the clinic row; a pending invitation holds a seat. Past the seat limit
+    the seat policies decide (billing: a prorate plan buys the seat, and a Stripe
+    failure fails the invitation). Refuses with ``seat_limit_reached``,
+    ``already_member`` or ``invitation_pending``.
     """
     _assignable_role(actor, role)
     email = normalize_email(email)
@@ -264,7 +318,7 @@ def invitation_create(*, actor: Actor, email: str, role: str) -> IssuedInvitatio
             f"{email} already has a pending invitation; revoke it to send a new one.",
             code="invitation_pending",
         )
-    _require_free_seat(clinic, count_pending=True)
+    _require_free_seat(clinic, count_pending=True, cause="invitation.created", actor=actor)
     token = secrets.token_urlsafe(32)
     invitation = Invitation.objects.create(
         clinic=clinic,
@@ -306,9 +360,11 @@ def invitation_revoke(*, actor: Actor, invitation: Invitation) -> Invitation:
     """Revoke a pending invitation, freeing its seat; ``invitation_not_pending`` otherwise.
 
     Re-reads the invitation under a row lock, as acceptance does, so an
-    invitation is never both accepted and revoked.
+    invitation is never both accepted and revoked; then locks the clinic row
+    (the same order as acceptance) and tells the seat policies the seat is free.
     """
     invitation = Invitation.objects.select_for_update().get(id=invitation.id)
+    clinic = _lock_clinic(invitation.clinic_id)
     if invitation.status != "pending":
         raise Conflict(
             f"This invitation is {invitation.status} and cannot be revoked.", code="invitation_not_pending"
@@ -316,13 +372,14 @@ def invitation_revoke(*, actor: Actor, invitation: Invitation) -> Invitation:
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
     audit_record(
-        clinic=invitation.clinic,
+        clinic=clinic,
         actor=actor,
         action="invitation.revoked",
         target_type="invitation",
         target_id=invitation.id,
         data={"email": invitation.email},
     )
+    _seat_freed(clinic, cause="invitation.revoked", actor=actor)
     return invitation
 
 
@@ -377,7 +434,7 @@ def invitation_accept(
     membership = Membership.objects.filter(clinic=clinic, user=user).first()
     if membership is not None and membership.is_active:
         raise Conflict("You are already an active member of this clinic.", code="already_member")
-    _require_free_seat(clinic, count_pending=False)
+    _require_free_seat(clinic, count_pending=False, cause="invitation.accepted", user=user, origin=origin)
     if membership is None:
         membership = Membership.objects.create(clinic=clinic, user=user, role=invitation.role)
     else:
@@ -447,7 +504,11 @@ def membership_change_role(*, actor: Actor, membership: Membership, role: str) -
 
 @transaction.atomic
 def membership_deactivate(*, actor: Actor, membership: Membership) -> Membership:
-    """Free the member's seat; they lose access to the clinic at once."""
+    """Free the member's seat; they lose access to the clinic at once.
+
+    The seat policies hear of it last, in the same transaction (billing lowers
+    the paid seats at period end); they never make the deactivation fail.
+    """
     clinic = _lock_clinic(actor.clinic.id)
     _refresh_locked(membership)
     _may_manage(actor, membership)
@@ -466,18 +527,19 @@ def membership_deactivate(*, actor: Actor, membership: Membership) -> Membership
         target_id=membership.id,
         data={"email": membership.user.email},
     )
+    _seat_freed(clinic, cause="membership.deactivated", actor=actor)
     return membership
 
 
 @transaction.atomic
 def membership_activate(*, actor: Actor, membership: Membership) -> Membership:
-    """Give a deactivated member their seat back, if one is free."""
+    """Give a deactivated member their seat back, if one is free or the seat policies add one."""
     clinic = _lock_clinic(actor.clinic.id)
     _refresh_locked(membership)
     _may_manage(actor, membership)
     if membership.is_active:
         return membership
-    _require_free_seat(clinic, count_pending=True)
+    _require_free_seat(clinic, count_pending=True, cause="membership.activated", actor=actor)
     membership.is_active = True
     membership.deactivated_at = None
     membership.save(update_fields=["is_active", "deactivated_at"])

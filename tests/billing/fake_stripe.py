@@ -130,6 +130,10 @@ class FakeStripe:
         return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path})")
 
     def _subscription_item(self, item_id: str | None, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        behaviour = form.get("proration_behavior")
+        if behaviour not in PRORATION_BEHAVIORS:
+            self.violations.append(f"subscription item change with proration_behavior={behaviour!r}")
+            return 400, _error("invalid_request_error", f"Invalid proration_behavior: {behaviour!r}")
         quantity = int(form["quantity"])
         for subscription in self.subscriptions.values():
             items = subscription["items"]["data"]
@@ -148,6 +152,10 @@ class FakeStripe:
                     item["quantity"] = quantity
                     return 200, item
         return 404, _error("invalid_request_error", "No such subscription item")
+
+
+# Stripe's values; the fake also insists that every seat change says which one it means.
+PRORATION_BEHAVIORS = {"create_prorations", "none", "always_invoice"}
 
 
 def _period_of(items: list[dict[str, Any]]) -> dict[str, Any]:

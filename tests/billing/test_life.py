@@ -1,5 +1,6 @@
 """A clinic's life through billing, as the HTTP API, Stripe's webhooks and the read path see it:
-trial, checkout, seats added, a failed payment, grace, recovery, seats removed, cancellation."""
+trial, checkout, seats added (by inviting a member past the paid seats), a failed payment, grace,
+recovery, seats removed (by deactivating one), cancellation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from billing.models import Subscription, UsageRecord, UsageStatus
 from billing.usage import usage_report_due
@@ -20,7 +22,7 @@ from inference.models import Read
 from inference.reads.services import reads_create_for_image
 from tests.billing.conftest import Deliver, stripe_event, subscription_object
 from tests.billing.fake_stripe import FakeStripe
-from tests.conftest import Cast
+from tests.conftest import PASSWORD, Cast
 from tests.inference.factories import make_done_read, make_model_version
 from tests.records.factories import make_image, make_study
 
@@ -88,8 +90,9 @@ def test_a_clinic_life(cast: Cast, fake_stripe: FakeStripe, deliver: Deliver, pr
     assert done is not None
     assert cast.client(Role.VIEWER).get(f"/api/v1/reads/{done.id}/").status_code == 200
 
-    # 3. Checkout: the owner picks the flat plan with 4 seats; one Stripe customer per clinic.
-    response = admin.post("/api/v1/billing/checkout/", {"plan": "clinic-monthly", "seats": 4}, format="json")
+    # 3. Checkout: the admin picks the flat plan (3 seats included) with 5 seats, one per member; one
+    #    Stripe customer per clinic.
+    response = admin.post("/api/v1/billing/checkout/", {"plan": "clinic-monthly", "seats": 5}, format="json")
     assert response.status_code == 201, response.content
     assert response.json()["url"].startswith("https://checkout.stripe.test/")
     [customer_call] = fake_stripe.calls_to("POST", "/v1/customers")
@@ -106,7 +109,7 @@ def test_a_clinic_life(cast: Cast, fake_stripe: FakeStripe, deliver: Deliver, pr
     )
     assert (session_call.form["line_items[1][price]"], session_call.form["line_items[1][quantity]"]) == (
         "price_clinic_seat",
-        "1",
+        "2",
     )
     assert "subscription_data[trial_end]" not in session_call.form  # the trial is over
     assert session_call.idempotency_key
@@ -118,7 +121,7 @@ def test_a_clinic_life(cast: Cast, fake_stripe: FakeStripe, deliver: Deliver, pr
         customer=customer_id,
         clinic_id=cast.clinic.id,
         status="active",
-        extra_seats=1,
+        extra_seats=2,
         period_start=t0 - 60,
     )
     fake_stripe.subscriptions["sub_life"] = sub
@@ -141,23 +144,35 @@ def test_a_clinic_life(cast: Cast, fake_stripe: FakeStripe, deliver: Deliver, pr
         "clinic-monthly",
         True,
     )
-    assert overview["seats"]["paid"] == overview["seats"]["limit"] == 4
+    assert overview["seats"]["paid"] == overview["seats"]["limit"] == overview["seats"]["active_members"] == 5
     assert _rerun(cast, version.label).status_code == 202
     assert (
         admin.post("/api/v1/billing/checkout/", {"plan": "clinic-monthly"}, format="json").status_code == 409
     )
 
-    # 4. Seats added: two more, prorated at once; the seat limit follows.
-    response = admin.post("/api/v1/billing/seats/", {"seats": 6}, format="json")
-    assert response.status_code == 200, response.content
+    # 4. Seats added: every paid seat is taken, and the admin invites a sixth person. The flat plan's
+    #    seats are "prorate": inside the invitation's own transaction the Stripe seat quantity rises from
+    #    2 to 3, prorated and invoiced at once, under a key derived from the subscription and the new
+    #    quantity; the seat limit follows to 6.
+    invited = admin.post("/api/v1/invitations/", {"email": "new.vet@alpha.test", "role": "vet"})
+    assert invited.status_code == 201, invited.content
     [seat_call] = fake_stripe.calls_to("POST", "/v1/subscription_items/si_seat_sub_life")
     assert seat_call.form == {"quantity": "3", "proration_behavior": "always_invoice"}
-    assert (
-        seat_call.idempotency_key == f"xcaliber-seats-{Subscription.objects.get(clinic=cast.clinic).id}-1-3"
+    subscription_id = Subscription.objects.get(clinic=cast.clinic).id
+    assert seat_call.idempotency_key == f"xcaliber-seats-{subscription_id}-1-3"
+    seats = _overview(cast)["seats"]
+    assert (seats["paid"], seats["limit"], seats["active_members"], seats["pending_invitations"]) == (
+        6,
+        6,
+        5,
+        1,
     )
-    cast.clinic.refresh_from_db()
-    assert cast.clinic.seat_limit == 6
-    assert response.json()["seats"]["paid"] == 6
+    # The new vet accepts: the seat their invitation held becomes theirs; nothing more is bought.
+    accepted = APIClient().post(
+        "/api/v1/invitations/accept/", {"token": invited.json()["token"], "password": PASSWORD}
+    )
+    assert accepted.status_code == 201, accepted.content
+    assert len(fake_stripe.calls_to("POST", "/v1/subscription_items/si_seat_sub_life")) == 1
     # Stripe's echo of that change (newer event) agrees and changes nothing further.
     deliver(
         stripe_event("customer.subscription.updated", fake_stripe.subscriptions["sub_life"], created=t0 + 10)
@@ -197,15 +212,17 @@ def test_a_clinic_life(cast: Cast, fake_stripe: FakeStripe, deliver: Deliver, pr
     )
     assert _upload_read(cast) is not None
 
-    # 8. Seats removed: the quantity drops without proration; the limit holds until the period ends.
-    response = admin.post("/api/v1/billing/seats/", {"seats": 5}, format="json")
-    assert response.status_code == 200, response.content
+    # 8. Seats removed: the technician leaves. The quantity drops from 3 to 2 without proration (no
+    #    credit now; the renewal bills one seat fewer), and the clinic keeps the seat it paid for until
+    #    the period ends, when Stripe's renewal lowers the limit to 5.
+    technician = cast.members[Role.TECHNICIAN]
+    assert admin.post(f"/api/v1/members/{technician.id}/deactivate/").status_code == 200
     assert fake_stripe.calls_to("POST", "/v1/subscription_items/si_seat_sub_life")[-1].form == {
         "quantity": "2",
         "proration_behavior": "none",
     }
-    cast.clinic.refresh_from_db()
-    assert cast.clinic.seat_limit == 6
+    seats = _overview(cast)["seats"]
+    assert (seats["paid"], seats["renewing"], seats["limit"], seats["active_members"]) == (6, 5, 6, 5)
     renewed = subscription_object(
         sub_id="sub_life",
         customer=customer_id,
@@ -237,13 +254,13 @@ def test_a_clinic_life(cast: Cast, fake_stripe: FakeStripe, deliver: Deliver, pr
     assert _subscription_events(cast) == [
         "subscription.created",  # the incomplete subscription
         "subscription.updated",  # checkout completed: active
-        "subscription.updated",  # seats added
+        "subscription.updated",  # a seat bought for the invitation
         "subscription.updated",  # Stripe's echo
         "subscription.updated",  # past due
         "subscription.payment_failed",
         "subscription.updated",  # recovered
         "subscription.payment_succeeded",
-        "subscription.updated",  # seats removed (effective at period end)
+        "subscription.updated",  # the technician's seat given back (effective at period end)
         "subscription.updated",  # renewed: new period, fewer seats
         "subscription.updated",  # cancel at period end
         "subscription.canceled",

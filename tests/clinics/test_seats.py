@@ -6,6 +6,7 @@ the clinic row before every seat check, which review covers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,7 +15,9 @@ from django.utils import timezone
 from clinics.tenancy.actor import Actor
 from clinics.tenancy.models import AuditEntry, Clinic, Invitation, Membership, Role, User
 from clinics.tenancy.services import SeatLimitReached, membership_activate, seats_in_use
+from clinics.tenancy.signals import SeatChange, seat_policy_register, seat_policy_unregister
 from tests.conftest import PASSWORD, bearer_client, make_clinic, make_member
+from xcaliber.lib.problems import Problem
 
 pytestmark = pytest.mark.django_db
 
@@ -175,3 +178,90 @@ def test_seat_limit_is_per_clinic(small):
     make_member(other, Role.OWNER)
     small.invite("a@example.test")  # Other Vets being full does not matter here
     assert small.seats()["available"] == 0
+
+
+# ---------------------------------------------------------------------------- seat policies
+
+
+class RecordingPolicy:
+    """A seat policy that records what tenancy tells it and, when set up to, raises the limit or fails."""
+
+    def __init__(self) -> None:
+        self.wanted: list[SeatChange] = []
+        self.freed: list[SeatChange] = []
+        self.raise_to: int | None = None
+        self.failure: Exception | None = None
+        self.reason = ""
+
+    def seat_wanted(self, change: SeatChange) -> str:
+        self.wanted.append(change)
+        if self.failure is not None:
+            raise self.failure
+        if self.raise_to is not None:
+            Clinic.objects.filter(id=change.clinic.id).update(seat_limit=self.raise_to)
+        return self.reason
+
+    def seat_freed(self, change: SeatChange) -> None:
+        self.freed.append(change)
+
+
+@pytest.fixture
+def policy() -> Iterator[RecordingPolicy]:
+    recording = RecordingPolicy()
+    seat_policy_register("test-recording", recording)
+    yield recording
+    seat_policy_unregister("test-recording")
+
+
+def test_seat_policies_are_asked_before_every_add_and_told_of_every_removal(small, anon, policy):
+    a = small.invite("a@example.test")
+    assert anon.post(ACCEPT, {"token": a["token"], "password": PASSWORD}).status_code == 201
+    small.client.post(f"/api/v1/members/{small.vet.id}/deactivate/")
+    b = small.invite("b@example.test")
+    small.client.delete(f"{INVITATIONS}{b['id']}/")
+    small.client.post(f"/api/v1/members/{small.vet.id}/activate/")
+
+    assert [(c.cause, c.seats_held, c.seats_needed) for c in policy.wanted] == [
+        ("invitation.created", 3, 3),
+        ("invitation.accepted", 3, 3),  # the seat the invitation held becomes the member's
+        ("invitation.created", 3, 3),
+        ("membership.activated", 3, 3),
+    ]
+    assert [(c.cause, c.seats_held) for c in policy.freed] == [
+        ("membership.deactivated", 2),
+        ("invitation.revoked", 2),
+    ]
+    assert {c.clinic.id for c in policy.wanted + policy.freed} == {small.clinic.id}
+    assert policy.wanted[0].actor is not None
+    assert policy.wanted[0].actor.user == small.owner.user
+    assert (policy.wanted[1].actor, policy.wanted[1].user.email) == (None, "a@example.test")
+
+
+def test_a_policy_that_raises_the_limit_lets_the_add_through(small, policy):
+    small.invite("a@example.test")
+    policy.raise_to = 4
+    small.invite("b@example.test")
+    assert small.seats() == {"limit": 4, "active_members": 2, "pending_invitations": 2, "available": 0}
+
+
+def test_a_failing_policy_fails_the_add_and_leaves_nothing(small, anon, policy, problem):
+    pending = small.invite("a@example.test")
+    policy.failure = Problem("The payment provider is down.", code="upstream_down", status=503)
+    before = state()
+    problem(
+        small.client.post(INVITATIONS, {"email": "b@example.test", "role": "viewer"}), 503, "upstream_down"
+    )
+    problem(anon.post(ACCEPT, {"token": pending["token"], "password": PASSWORD}), 503, "upstream_down")
+    assert state() == before
+    assert not User.objects.filter(email="a@example.test").exists()
+
+
+def test_a_policys_reason_joins_the_refusal(small, policy, problem):
+    small.invite("a@example.test")
+    policy.reason = "This plan adds seats in the billing portal only."
+    body = problem(
+        small.client.post(INVITATIONS, {"email": "b@example.test", "role": "viewer"}),
+        409,
+        "seat_limit_reached",
+    )
+    assert str(body["detail"]).endswith("Free a seat or raise the seat limit. " + policy.reason)

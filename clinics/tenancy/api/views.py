@@ -143,7 +143,7 @@ class MemberDeactivateView(ClinicAPIView):
 
 class MemberActivateView(ClinicAPIView):
     required_roles = {"post": Role.ADMIN}
-    extra_problem_statuses = {"post": (409,)}
+    extra_problem_statuses = {"post": (409, 502, 503)}
 
     @extend_schema(
         operation_id="members_activate",
@@ -163,7 +163,7 @@ class MemberActivateView(ClinicAPIView):
 
 class InvitationListView(ClinicAPIView):
     required_roles = {"get": Role.ADMIN, "post": Role.ADMIN}
-    extra_problem_statuses = {"post": (409,)}
+    extra_problem_statuses = {"post": (409, 502, 503)}
 
     @extend_schema(
         operation_id="invitations_list",
@@ -182,6 +182,8 @@ class InvitationListView(ClinicAPIView):
         operation_id="invitations_create",
         tags=["invitations"],
         summary="Invite a person by email; a pending invitation holds a seat",
+        description="Past the seat limit the clinic's plan decides: it buys the seat at once (prorated) or "
+        "refuses with 409 `seat_limit_reached`. 502/503 when the payment provider fails; nothing is created.",
         request=s.InvitationCreateInputSerializer,
         responses={201: s.InvitationCreatedOutputSerializer},
     )
@@ -221,7 +223,7 @@ class InvitationDetailView(ClinicAPIView):
 
 
 class InvitationAcceptView(PublicAPIView):
-    extra_problem_statuses = {"post": (401, 403, 404, 409, 410)}
+    extra_problem_statuses = {"post": (401, 403, 404, 409, 410, 502, 503)}
 
     @extend_schema(
         operation_id="invitations_accept",
