@@ -86,7 +86,7 @@ def report_sign(*, actor: Actor, referral: Referral, specialist: User | None = N
 
     A person signs as themselves. A partner system (API key) signs on behalf of ``specialist``, an active
     vet or admin of the hospital, whose name goes on the report; the audit records the key."""
-    services.require_specialist(referral, actor)
+    services.require_specialist(referral, actor, on_behalf_of=specialist)
     signer = actor.user or specialist
     if signer is None:
         raise Problem(
@@ -115,6 +115,7 @@ def report_sign(*, actor: Actor, referral: Referral, specialist: User | None = N
             allowed_from=[ReferralStatus.IN_REVIEW],
             to=ReferralStatus.REPORTED,
             extra={"reported_at": now},
+            check=lambda current: services.require_specialist(current, actor, on_behalf_of=signer),
         )
     return report
 

@@ -1,16 +1,16 @@
 """Every write of referrals: partnerships (request, accept, decline, revoke) and the referral lifecycle.
 
 Lifecycle: requested -> accepted | declined -> in_review -> reported -> closed; the sender may cancel
-before the report. Each transition is a conditional update from the states it may leave (so two
-specialists accepting at once: one wins, the other gets 409 and nothing changes), audited in both
-clinics, and emitted as an event to both clinics' logs (WebSocket and webhooks follow).
+before the report. Each transition locks the referral's row and decides on its current state (so two
+specialists accepting at once: one wins, the other waits for it, then gets 409 and nothing changes),
+audited in both clinics, and emitted as an event to both clinics' logs (WebSocket and webhooks follow).
 """
 
 from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -19,7 +19,7 @@ from django.utils import timezone
 from clinics.events.services import event_emit
 from clinics.records.models import Image, Study
 from clinics.tenancy.actor import Actor
-from clinics.tenancy.models import Clinic, ClinicKind, Role
+from clinics.tenancy.models import Clinic, ClinicKind, Role, User
 from clinics.tenancy.services import audit_record
 from inference.models import Read
 from referrals import selectors
@@ -235,18 +235,35 @@ def transition(
     actor: Actor,
     action: str,
     allowed_from: Sequence[str],
-    to: str,
+    to: str | None,
     extra: dict[str, Any] | None = None,
+    check: Callable[[Referral], dict[str, Any] | None] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Referral:
-    now = timezone.now()
-    changes = {"status": to, "updated_at": now, **(extra or {})}
+    """Move ``referral`` from one of ``allowed_from`` to ``to`` (``None``: the status stays), audited in
+    and emitted to both clinics as ``referral.<action>``; returns it, reloaded.
+
+    Locks the referral's row (``SELECT ... FOR UPDATE``) and decides on the row as it is now, never on
+    the copy the caller fetched: of two people acting at once the second waits for the first to commit,
+    then gets 409 ``referral_state`` (or whatever ``check`` refuses) and changes nothing. ``check`` runs
+    on the locked row after the status check; it raises to refuse, or returns more fields to change.
+    Joins the caller's transaction if there is one (the lock is held until it commits).
+    """
     with transaction.atomic():
-        updated = Referral.objects.filter(id=referral.id, status__in=list(allowed_from)).update(**changes)
-        if not updated:
-            current = Referral.objects.filter(id=referral.id).values_list("status", flat=True).first()
-            raise Conflict(f"The referral is {current}; it cannot be {action} now.", code="referral_state")
-        referral.refresh_from_db()
-        _both(referral, actor=actor, action=action)
+        referral.refresh_from_db(from_queryset=Referral.objects.select_for_update())
+        if referral.status not in allowed_from:
+            raise Conflict(
+                f"The referral is {referral.status}; it cannot be {action} now.", code="referral_state"
+            )
+        changes: dict[str, Any] = {"updated_at": timezone.now(), **(extra or {})}
+        if to is not None:
+            changes["status"] = to
+        if check is not None:
+            changes.update(check(referral) or {})
+        for name, value in changes.items():
+            setattr(referral, name, value)
+        referral.save(update_fields=list(changes))
+        _both(referral, actor=actor, action=action, data=data)
     return referral
 
 
@@ -256,19 +273,26 @@ def _side(referral: Referral, actor: Actor) -> str:
 
 def referral_accept(*, actor: Actor, referral: Referral) -> Referral:
     """A hospital vet (the specialist, who becomes the assignee) or admin accepts a requested referral.
-    Two accepting at once: the conditional update lets one through; the other gets 409."""
+
+    Two accepting at once: the row lock lets one through; the other gets 409 ``referral_state``. A vet
+    cannot take over a referral an admin already assigned to another specialist (403 ``not_assignee``);
+    an admin's acceptance leaves the assignee as it is."""
     hospital_only(referral, actor, Role.VET)
-    assignee = actor.user if actor.role == Role.VET else None
-    extra: dict[str, Any] = {"accepted_at": timezone.now()}
-    if assignee is not None:
-        extra["assignee"] = assignee
+
+    def take(current: Referral) -> dict[str, Any]:
+        if actor.role != Role.VET or actor.user is None:
+            return {}  # an admin, or the hospital's system: the assignee stays as it is
+        require_specialist(current, actor)
+        return {"assignee": actor.user}
+
     return transition(
         referral,
         actor=actor,
         action="accepted",
         allowed_from=[ReferralStatus.REQUESTED],
-        to="accepted",
-        extra=extra,
+        to=ReferralStatus.ACCEPTED,
+        extra={"accepted_at": timezone.now()},
+        check=take,
     )
 
 
@@ -285,7 +309,9 @@ def referral_decline(*, actor: Actor, referral: Referral, reason: str) -> Referr
 
 
 def referral_assign(*, actor: Actor, referral: Referral, email: str) -> Referral:
-    """A hospital admin assigns a specialist: the active vet or admin of the hospital with ``email``."""
+    """A hospital admin assigns a specialist: the active vet or admin of the hospital with ``email``.
+    Allowed until the report; the status does not change. Serialised with acceptance and review by the
+    row lock, so an assignment is never overwritten by a vet who read the referral before it."""
     hospital_only(referral, actor, Role.ADMIN)
     user = selectors.hospital_member(clinic=actor.clinic, email=email)
     if user is None:
@@ -294,32 +320,36 @@ def referral_assign(*, actor: Actor, referral: Referral, email: str) -> Referral
             code="assignee_invalid",
             status=422,
         )
-    with transaction.atomic():
-        updated = Referral.objects.filter(
-            id=referral.id,
-            status__in=[ReferralStatus.REQUESTED, ReferralStatus.ACCEPTED, ReferralStatus.IN_REVIEW],
-        ).update(assignee=user, updated_at=timezone.now())
-        if not updated:
-            raise Conflict(
-                f"The referral is {referral.status}; it cannot be assigned.", code="referral_state"
-            )
-        referral.refresh_from_db()
-        _both(referral, actor=actor, action="assigned", data={"assignee": user.email})
-    return referral
+    return transition(
+        referral,
+        actor=actor,
+        action="assigned",
+        allowed_from=[ReferralStatus.REQUESTED, ReferralStatus.ACCEPTED, ReferralStatus.IN_REVIEW],
+        to=None,
+        extra={"assignee": user},
+        data={"assignee": user.email},
+    )
 
 
 def referral_start_review(*, actor: Actor, referral: Referral) -> Referral:
-    require_specialist(referral, actor)
-    extra: dict[str, Any] = {}
-    if referral.assignee_id is None and actor.user is not None:
-        extra["assignee"] = actor.user
+    """The specialist starts reviewing an accepted referral, and becomes its assignee if it has none
+    (decided on the locked row: two starting at once, one wins and the other gets 409, whether or not
+    it read the referral before the winner took it)."""
+    hospital_only(referral, actor, Role.VET)
+
+    def take(current: Referral) -> dict[str, Any]:
+        require_specialist(current, actor)
+        if current.assignee_id is None and actor.user is not None:
+            return {"assignee": actor.user}
+        return {}
+
     return transition(
         referral,
         actor=actor,
         action="in_review",
         allowed_from=[ReferralStatus.ACCEPTED],
         to=ReferralStatus.IN_REVIEW,
-        extra=extra,
+        check=take,
     )
 
 
@@ -344,11 +374,15 @@ def hospital_only(referral: Referral, actor: Actor, minimum: str) -> None:
         raise Forbidden(f"This needs the {minimum} role or higher.", code="role_insufficient")
 
 
-def require_specialist(referral: Referral, actor: Actor) -> None:
-    """The hospital's vet working the referral: its assignee, or anyone while none is assigned (admins
-    and partner systems of the hospital act for whoever is)."""
+def require_specialist(referral: Referral, actor: Actor, *, on_behalf_of: User | None = None) -> None:
+    """The hospital's vet working the referral: its assignee, or anyone while none is assigned. Admins
+    act for whoever is. A partner system (an API key) acts for the assignee: it may write the report of
+    an assigned referral, and sign it ``on_behalf_of`` the assignee only."""
     hospital_only(referral, actor, Role.VET)
-    if actor.role == Role.VET and referral.assignee_id not in (None, getattr(actor.user, "id", None)):
+    if actor.role != Role.VET or referral.assignee_id is None:
+        return
+    person = actor.user if actor.user is not None else on_behalf_of
+    if person is not None and person.id != referral.assignee_id:
         raise Forbidden("Another specialist is assigned to this referral.", code="not_assignee")
 
 

@@ -3,81 +3,20 @@
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from clinics.events.models import Event
-from clinics.records.models import Image, Study
-from clinics.tenancy.models import AuditEntry, Clinic, Membership, Role
+from clinics.tenancy.models import AuditEntry, Membership, Role
 from referrals.models import Partnership, Referral
-from tests.conftest import Cast, bearer_client, make_member
-from tests.inference.factories import make_done_read
+from tests.conftest import Cast
 from tests.records.factories import make_image, make_study
+from tests.referrals.conftest import Hospital, Shared
 from tests.referrals.factories import make_hospital
 
 pytestmark = pytest.mark.django_db
-
-
-@dataclass
-class Hospital:
-    clinic: Clinic
-
-    def client(self, role: str, index: int = 0) -> APIClient:
-        members = Membership.objects.filter(clinic=self.clinic, role=role).order_by("created_at")
-        return bearer_client(members[index].user)
-
-
-@pytest.fixture
-def hospital() -> Hospital:
-    clinic = make_hospital()
-    make_member(clinic, Role.VET)  # a second specialist
-    make_member(clinic, Role.TECHNICIAN)
-    return Hospital(clinic)
-
-
-@pytest.fixture
-def partnered(cast: Cast, hospital: Hospital) -> Hospital:
-    response = cast.client(Role.ADMIN).post("/api/v1/partnerships/", {"hospital_id": str(hospital.clinic.id)})
-    assert response.status_code == 201, response.content
-    accepted = hospital.client(Role.ADMIN).post(f"/api/v1/partnerships/{response.json()['id']}/accept/")
-    assert accepted.status_code == 200, accepted.content
-    return hospital
-
-
-@dataclass
-class Shared:
-    study: Study
-    chosen: Image
-    other: Image
-    referral: dict[str, Any]
-
-
-@pytest.fixture
-def shared(cast: Cast, partnered: Hospital) -> Shared:
-    study = make_study(cast.clinic, body_region="thorax")
-    read = make_done_read(cast.clinic, study=study)
-    chosen = read.image
-    other = make_image(study, seed=5)
-    make_done_read(cast.clinic, study=study, version=read.model_version)  # a read of a third image
-    response = cast.client(Role.VET).post(
-        "/api/v1/referrals/",
-        {
-            "study_id": str(study.id),
-            "hospital_id": str(partnered.clinic.id),
-            "urgency": "urgent",
-            "question": "Cardiomegaly on the AI read: do you agree?",
-            "history": "Coughing for two weeks.",
-            "image_ids": [str(chosen.id)],
-            "read_id": str(read.id),
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.content
-    return Shared(study, chosen, other, response.json())
 
 
 def test_the_directory_and_a_partnership(cast: Cast, hospital: Hospital, problem: Any) -> None:
@@ -460,3 +399,34 @@ def test_a_partner_system_posts_and_signs_the_report(cast: Cast, partnered: Hosp
     assert signed.status_code == 200, signed.content
     assert signed.json()["signed_name"] == (specialist.full_name or specialist.email)
     assert cast.client(Role.VIEWER).get(f"{url}/report/").json()["conclusion"] == "Normal heart."
+
+
+def test_a_partner_system_reports_for_the_assigned_specialist(
+    cast: Cast, partnered: Hospital, shared: Shared, problem: Any
+) -> None:
+    """The hospital's admin assigns a specialist; the hospital's reporting system (an API key with the
+    vet role) then writes the report and signs it in the assignee's name, and in no one else's."""
+    from tests.conftest import key_client
+
+    vets = Membership.objects.filter(clinic=partnered.clinic, role=Role.VET).order_by("created_at")
+    assignee, other = vets[1].user, vets[0].user
+    url = f"/api/v1/referrals/{shared.referral['id']}"
+    admin = partnered.client(Role.ADMIN)
+    assert admin.post(f"{url}/accept/").status_code == 200
+    assigned = admin.post(f"{url}/assign/", {"email": assignee.email}, format="json")
+    assert assigned.json()["assignee"] == assignee.email
+    client, _ = key_client(partnered.clinic, Role.VET)
+    assert client.post(f"{url}/start-review/").status_code == 200
+    written = client.put(f"{url}/report/", {"conclusion": "Mild cardiomegaly."}, format="json")
+    assert written.status_code == 200, written.content
+
+    problem(
+        client.post(f"{url}/report/sign/", {"specialist_email": other.email}, format="json"),
+        403,
+        "not_assignee",
+    )
+    assert Referral.objects.get().status == "in_review"
+    signed = client.post(f"{url}/report/sign/", {"specialist_email": assignee.email}, format="json")
+    assert signed.status_code == 200, signed.content
+    assert signed.json()["signed_name"] == (assignee.full_name or assignee.email)
+    assert Referral.objects.get().status == "reported"
