@@ -13,10 +13,12 @@ baseline taken after a warm-up request, then the peak again while its preview is
 
 By default the script starts its own server (fresh data directory, migrations, a clinic and an API key
 made by the project's management commands, uvicorn exactly as ``run.py serve`` starts it, with
-``--workers W`` for more processes) and stops it at the end. ``--url URL --api-key KEY
---server-pid PID`` targets a server that is already running instead (RSS is read from that pid and its
-children). Budgets (docs: shared DESIGN.md, "Performance budgets"): at least 57 files/s with 4 clients,
-RSS growth under 50 MB during a 200 MB upload. MB here is 10**6 bytes.
+``--workers W`` for more processes) and stops it at the end. Previews are made in that server, on its
+background thread; AI reads are not run in it (``--reads off``: uploads still queue them, as in
+production, where an inference worker runs them) unless ``--reads thread``, and the output says which.
+``--url URL --api-key KEY --server-pid PID`` targets a server that is already running instead (RSS is
+read from that pid and its children). Budgets (docs: shared DESIGN.md, "Performance budgets"): at least
+57 files/s with 4 clients, RSS growth under 50 MB during a 200 MB upload. MB here is 10**6 bytes.
 """
 
 # ruff: noqa: S603, S606  (starts the project's own server and manage.py with fixed arguments)
@@ -429,6 +431,7 @@ def start_server(options: argparse.Namespace, workdir: Path) -> Server:
         {
             "XCALIBER_DATA_DIR": str(data_dir),
             "XCALIBER_BACKGROUND": "thread",
+            "XCALIBER_READ_WORKER": options.reads,
             "DJANGO_SETTINGS_MODULE": "xcaliber.settings",
             "PYTHONUNBUFFERED": "1",
         }
@@ -623,7 +626,12 @@ def upload_all(server: Server, paths: Sequence[Path], clients: int) -> tuple[lis
 def wait_previews(
     server: Server, uploads: Sequence[Upload], *, timeout: float, poll: float = 0.25
 ) -> tuple[float | None, int]:
-    """Seconds until every uploaded image's preview is ready or failed (None on timeout); failed count."""
+    """Seconds until every uploaded image's preview is ready or failed (None on timeout); failed count.
+
+    Studies are polled in upload order, and a round stops at the first study still pending: the server
+    makes previews in upload order, so the later studies would be pending too, and polling them all
+    would load the server that is still making them.
+    """
     by_study: dict[str, set[str]] = {}
     for upload in uploads:
         if upload.ok and upload.study_id and upload.image_id:
@@ -646,6 +654,8 @@ def wait_previews(
                         failed += image.get("preview_status") == "failed"
                 if not by_study[study_id]:
                     del by_study[study_id]
+                else:
+                    break
             if not by_study:
                 break
             if time.perf_counter() - started > timeout:
@@ -680,6 +690,7 @@ class Context:
     server: str
     workers: str
     rss_method: str
+    reads: str  # XCALIBER_READ_WORKER of our own server, or "unknown" for --url
     python: str = field(default_factory=platform.python_version)
 
 
@@ -707,11 +718,13 @@ def run_rate(options: argparse.Namespace, server: Server, workdir: Path, ctx: Co
         upload_peak = sampler.peak if sampler else 0
         drained: float | None = None
         failed_previews = 0
+        through_previews: CpuUse | None = None
         if not options.no_previews:
             log("waiting for previews")
             drained, failed_previews = wait_previews(
                 server, [*warm_results, *results], timeout=options.preview_timeout
             )
+            through_previews = window.stop()  # the same window, extended to the last preview
         drain_peak = sampler.peak if sampler else 0
     finally:
         if sampler:
@@ -750,6 +763,12 @@ def run_rate(options: argparse.Namespace, server: Server, workdir: Path, ctx: Co
         else None,
         "client_cpu_ms_per_file": round(cpu.client_cpu_s * 1000 / max(len(results), 1), 1),
         "cpu": cpu.as_dict(),
+        "server_cpu_ms_per_file_with_previews": round(
+            through_previews.server_cpu_s * 1000 / max(len(results), 1), 1
+        )
+        if server.pid and through_previews is not None and drained is not None
+        else None,
+        "cpu_with_previews": through_previews.as_dict() if through_previews is not None else None,
         "previews_drained_s": round(drained, 2) if drained is not None else None,
         "previews_failed": failed_previews,
         "budget_files_per_s": RATE_BUDGET_FILES_S,
@@ -757,6 +776,22 @@ def run_rate(options: argparse.Namespace, server: Server, workdir: Path, ctx: Co
         "context": asdict(ctx),
     }
     return out
+
+
+def server_work(reads: str) -> str:
+    """What the server does besides storing the uploads, for the report."""
+    previews = "previews on the server's background thread (XCALIBER_BACKGROUND=thread)"
+    if reads == "off":
+        return (
+            f"uploads; {previews}; AI reads OFF (XCALIBER_READ_WORKER=off: each upload still queues its "
+            "read in its transaction, but no read runs here; in production a separate inference worker "
+            "runs them; --reads thread runs them in this server, as the embedded default does)"
+        )
+    if reads == "thread":
+        return (
+            f"uploads; {previews}; AI reads on the server's read worker thread (XCALIBER_READ_WORKER=thread)"
+        )
+    return "as the server at --url was started (previews and AI reads unknown to this script)"
 
 
 def print_rate(result: dict[str, Any]) -> None:
@@ -767,6 +802,7 @@ def print_rate(result: dict[str, Any]) -> None:
     lines = [
         f"== rate: {result['files']} DX files x {result['file_mb']:.2f} MB, {result['clients']} clients, "
         f"{result['warmup']} warm-up files not counted; {server}; {ctx['cpus']} CPUs",
+        f"server work        {server_work(ctx['reads'])}",
         f"wall time          {result['wall_s']:.2f} s",
         f"throughput         {result['files_per_s']:.1f} files/s   {result['mb_per_s']:.1f} MB/s",
         f"latency            p50 {lat['p50']:.0f} ms   p95 {lat['p95']:.0f} ms   max {lat['max']:.0f} ms",
@@ -786,16 +822,29 @@ def print_rate(result: dict[str, Any]) -> None:
             f"previews drained after {drained:.1f} s (counted from the last upload's response; "
             f"{result['previews_failed']} failed)"
         )
+    with_previews = result["server_cpu_ms_per_file_with_previews"]
+    if with_previews is not None:
+        lines.append(
+            f"CPU per file       server {with_previews:.0f} ms until the last preview (the same window "
+            f"extended to the drain: every file's upload and preview, and this script's status polls)"
+        )
+        lines.append(cpu_line(result["cpu_with_previews"]).replace("CPU cores busy    ", "  ...until then  "))
     summary = (
         f"SUMMARY rate: {result['files_per_s']:.1f} files/s, {result['mb_per_s']:.0f} MB/s, "
         f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, {result['errors']} errors"
     )
     if rss:
-        summary += f", server peak RSS {rss['peak_uploads']:.0f} MB"
+        summary += (
+            f", server peak RSS {rss['peak_uploads']:.0f} MB, "
+            f"server CPU {result['server_cpu_ms_per_file']:.0f} ms/file"
+        )
     if drained is not None:
         summary += f", previews drained +{drained:.1f} s"
+    if with_previews is not None:
+        summary += f" ({with_previews:.0f} ms/file with them)"
     summary += (
         f" | {result['files']} x {result['file_mb']:.1f} MB DX, {result['clients']} clients | {server}"
+        f" | AI reads {ctx['reads']}"
         f" | {ctx['cpus']} CPUs (other load {result['cpu']['other_cores']:.1f})"
         f" | budget >= {RATE_BUDGET_FILES_S:.0f} files/s (Orthanc): {verdict}"
         f" | cmd: {ctx['command']}"
@@ -874,6 +923,7 @@ def print_stream(result: dict[str, Any]) -> None:
     lines = [
         f"== stream: one {result['file_mb']:.1f} MB multi-frame DX, streamed body; {server}; "
         f"{ctx['cpus']} CPUs",
+        f"server work        {server_work(ctx['reads'])}",
         f"upload             HTTP {result['status']}  {result['upload_s']:.2f} s  "
         f"{result['mb_per_s']:.0f} MB/s  {result['error']}".rstrip(),
         f"server RSS         baseline {rss['baseline']:.0f} MB   "
@@ -922,6 +972,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="server to start: uvicorn, as run.py serve starts it",
     )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn --workers (default 1)")
+    parser.add_argument(
+        "--reads",
+        choices=("off", "thread"),
+        default="off",
+        help="XCALIBER_READ_WORKER of our own server: off (default; uploads still queue their reads, "
+        "which a separate inference worker runs in production) or thread (the AI reads run in the "
+        "server process during the upload burst, as in the embedded default)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="port for our own server (default: a free one)")
     parser.add_argument("--url", help="target a running server instead of starting one")
@@ -1003,6 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server=server.kind,
             workers=server.workers,
             rss_method="psutil" if psutil is not None else "/proc",
+            reads="unknown" if options.url else options.reads,
         )
         try:
             for run, show in modes:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 import uuid
 
 from django.conf import settings
@@ -13,19 +16,47 @@ from clinics.records.models import DerivativeStatus, Image
 
 logger = logging.getLogger(__name__)
 
+# The nice value of the background thread while it makes derivatives: during a burst of uploads the
+# request threads and the event loop get the CPU, and previews catch up when the burst is over.
+DERIVATIVES_NICENESS = 10
+
+
+def derivatives_yield_cpu() -> None:
+    """Lower the CPU priority of the calling background thread to ``DERIVATIVES_NICENESS``.
+
+    Only on Linux, where a thread's nice value is its own (``setpriority`` on its native id; elsewhere
+    that id could name another process), and only on a background thread of the embedded mode
+    (``XCALIBER_BACKGROUND=thread``): never a request thread or a command's main thread. One-way, as
+    an unprivileged process cannot raise a priority again: the thread is the one that runs the
+    records' after-commit tasks (derivatives), so it keeps the lower priority, by design.
+    """
+    if not sys.platform.startswith("linux") or settings.XCALIBER_BACKGROUND != "thread":
+        return
+    if threading.current_thread() is threading.main_thread():
+        return
+    thread_id = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, thread_id) < DERIVATIVES_NICENESS:
+            os.setpriority(os.PRIO_PROCESS, thread_id, DERIVATIVES_NICENESS)
+    except OSError as exc:  # a sandbox that forbids it: previews still work, at normal priority
+        logger.debug("could not lower the derivative thread's priority: %s", exc)
+
 
 def image_derivatives_make(image_id: uuid.UUID) -> str:
     """Render and store the image's preview and thumbnail; returns the resulting preview status.
 
     Idempotent: an image already ``ready`` is left alone, and a re-run overwrites its own keys. A
     file that cannot be decoded marks the image ``failed`` with the reason (the original stays
-    available). If the image was deleted meanwhile, whatever was written is removed again.
+    available). If the image was deleted meanwhile, whatever was written is removed again. On the
+    embedded mode's background thread it runs below the uploads' CPU priority
+    (:func:`derivatives_yield_cpu`).
     """
     image = Image.objects.filter(id=image_id).first()
     if image is None:
         return "missing"
     if image.preview_status == DerivativeStatus.READY:
         return image.preview_status
+    derivatives_yield_cpu()
     options = settings.XCALIBER
     try:
         with storage.local_copy(image.storage_key) as path:

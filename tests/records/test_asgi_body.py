@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.core.files.storage import default_storage
 
+from clinics.records.ingest.receive import BODY_BLOCK_SIZE, HashedBody
 from clinics.records.models import Image
 from clinics.tenancy.models import Role
 from clinics.tenancy.services import api_key_create
@@ -86,3 +87,22 @@ def test_a_bad_raw_body_leaves_no_spilled_file(cast: Cast, settings: Any) -> Non
     assert 400 <= status < 500, content[:500]
     assert Image.objects.count() == 0
     assert _uploads_left(settings) == []
+
+
+def test_a_body_in_odd_pieces_is_hashed_in_blocks_to_the_same_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hasher may fall behind: with one block allowed to wait, every later block waits for it.
+    monkeypatch.setattr("clinics.records.ingest.receive.MAX_BLOCKS_WAITING", 1)
+    data = os.urandom(5 * BODY_BLOCK_SIZE + 12_345)
+    body = HashedBody(max_size=1024 * 1024, limit=len(data), directory=tmp_path)
+    for start in range(0, len(data), 70_001):  # pieces that straddle the block edges
+        body.write(data[start : start + 70_001])
+    body.seek(0)
+    received = body.adopt(content_type="application/dicom", filename="x.dcm")
+    assert received is not None
+    assert received.sha256 == hashlib.sha256(data).hexdigest()
+    assert received.size == len(data)
+    assert received.path.read_bytes() == data
+    body.close()
+    received.discard()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +249,34 @@ def test_the_backfill_command_makes_previews_lost_in_a_restart(
         + second.stored_keys[:1]
         + [key for image in Image.objects.all() for key in (image.preview_key, image.thumbnail_key)]
     )
+
+
+def _priority_around_yield() -> tuple[int, int]:
+    """This thread's nice value before and after ``derivatives_yield_cpu`` (called twice)."""
+    own = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, own)
+    tasks.derivatives_yield_cpu()
+    tasks.derivatives_yield_cpu()
+    return before, os.getpriority(os.PRIO_PROCESS, own)
+
+
+def _on_a_thread(function: Any) -> Any:
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(function()))
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_derivatives_run_below_the_uploads_cpu_priority_on_the_background_thread(settings: Any) -> None:
+    settings.XCALIBER_BACKGROUND = "thread"
+    before, after = _on_a_thread(_priority_around_yield)
+    assert after == max(before, tasks.DERIVATIVES_NICENESS)
+    # Never the main thread (a command's, or the test runner's) ...
+    before, after = _priority_around_yield()
+    assert after == before
+    # ... nor any thread when background work runs inline (at commit, in the request's thread).
+    settings.XCALIBER_BACKGROUND = "inline"
+    before, after = _on_a_thread(_priority_around_yield)
+    assert after == before

@@ -12,6 +12,8 @@ import pytest
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from clinics.records.models import Image, Patient, Study
 from clinics.tenancy.models import Role
@@ -340,3 +342,22 @@ def test_uploads_go_to_s3_under_generated_keys(cast: Cast, s3_storage: Any) -> N
     assert bad.status_code == 422
     assert s3_storage.keys() == keys
     _no_temporary_files_left()
+
+
+def test_an_instance_of_a_known_study_costs_one_lookup_before_its_insert(cast: Cast) -> None:
+    client = cast.client(Role.TECHNICIAN)
+    study_uid = pydicom.uid.generate_uid()
+    first = corpus.dicom_bytes(study_uid=study_uid, patient_id="PMS-11", seed=1)
+    assert client.post("/api/v1/dicom/", first, content_type="application/dicom").status_code == 201
+    second = corpus.dicom_bytes(study_uid=study_uid, patient_id="PMS-11", seed=2)
+    with CaptureQueriesContext(connection) as captured:
+        response = client.post("/api/v1/dicom/", second, content_type="application/dicom")
+    assert response.status_code == 201, response.content
+    statements = [query["sql"] for query in captured.captured_queries]
+    # The study comes locked with its patient in one query; the image is inserted without a lookup
+    # first (a duplicate is found only when the unique constraint refuses the insert).
+    assert sum(sql.startswith("SELECT") and 'FROM "clinics_study"' in sql for sql in statements) == 1
+    assert not [sql for sql in statements if sql.startswith("SELECT") and 'FROM "clinics_patient"' in sql]
+    assert not [sql for sql in statements if sql.startswith("SELECT") and 'FROM "clinics_image"' in sql]
+    assert sum(sql.startswith('INSERT INTO "clinics_image"') for sql in statements) == 1
+    assert Study.objects.get(dicom_study_uid=study_uid).images.count() == 2

@@ -43,6 +43,13 @@ def _race_safe(find: Callable[[], M | None], create: Callable[[], M]) -> tuple[M
     found = find()
     if found is not None:
         return found, False
+    return _create_or_find(find, create)
+
+
+def _create_or_find(find: Callable[[], M | None], create: Callable[[], M]) -> tuple[M, bool]:
+    """Create, else find: for rows that are nearly always new (images), one INSERT in a savepoint and no
+    lookup first. A unique constraint that refuses the row (a duplicate, or a concurrent create that
+    won) names the row to find; any other integrity error is raised."""
     try:
         with transaction.atomic():
             return create(), True
@@ -72,14 +79,50 @@ def inspect_all(files: Sequence[ReceivedFile], *, allowed: frozenset[str] | None
     return inspected
 
 
-def _store_image(
-    *, actor: Actor, study: Study, received: ReceivedFile, facts: Inspected, view: str, stored: StoredObjects
-) -> Stored:
-    """One image row and its object; identical bytes in the study, or a known SOP instance, is that image."""
-    dicom = facts.dicom
-    sop = dicom.sop_instance_uid if dicom else ""
+def image_fields(received: ReceivedFile, facts: Inspected, *, view: str) -> dict[str, Any]:
+    """An image row's fields that come from the file itself (its bytes and header), not the study.
 
-    def find() -> Image | None:
+    Computed before the upload's transaction opens, so that the transaction, which holds SQLite's one
+    write lock in the embedded mode, does not spend that time reading the DICOM header.
+    """
+    dicom = facts.dicom
+    return {
+        "source": facts.source,
+        "media_type": facts.media_type,
+        "sha256": received.sha256,
+        "size_bytes": received.size,
+        "original_filename": received.filename,
+        "width": facts.width,
+        "height": facts.height,
+        "bits": facts.bits,
+        "frames": facts.frames,
+        "photometric": facts.photometric,
+        "view": (dicom_fields.view_from(dicom.dataset) if dicom else "") or view,
+        "sop_instance_uid": dicom.sop_instance_uid if dicom else "",
+        "series_instance_uid": dicom.series_instance_uid[:64] if dicom else "",
+        "sop_class_uid": dicom.sop_class_uid[:64] if dicom else "",
+        "transfer_syntax_uid": dicom.transfer_syntax_uid[:64] if dicom else "",
+        "dicom_metadata": dicom_fields.image_metadata(dicom.dataset) if dicom else {},
+    }
+
+
+def _store_image(
+    *,
+    actor: Actor,
+    study: Study,
+    received: ReceivedFile,
+    facts: Inspected,
+    fields: dict[str, Any],
+    stored: StoredObjects,
+) -> Stored:
+    """One image row and its object; identical bytes in the study, or a known SOP instance, is that image.
+
+    ``fields`` is :func:`image_fields` of the file. The row is inserted first (images are nearly always
+    new); the unique constraint that refuses a duplicate leads to the image already there.
+    """
+    sop = fields["sop_instance_uid"]
+
+    def find() -> Image | None:  # only after the insert was refused: these bytes or this instance exist
         same_bytes = Image.objects.filter(study=study, sha256=received.sha256).first()
         if same_bytes is not None or not sop:
             return same_bytes
@@ -92,32 +135,12 @@ def _store_image(
 
     def create() -> Image:
         image = Image.objects.create(
-            id=image_id,
-            clinic=actor.clinic,
-            study=study,
-            source=facts.source,
-            media_type=facts.media_type,
-            storage_key=key,
-            sha256=received.sha256,
-            size_bytes=received.size,
-            original_filename=received.filename,
-            width=facts.width,
-            height=facts.height,
-            bits=facts.bits,
-            frames=facts.frames,
-            photometric=facts.photometric,
-            view=(dicom_fields.view_from(dicom.dataset) if dicom else "") or view,
-            sop_instance_uid=sop,
-            series_instance_uid=dicom.series_instance_uid[:64] if dicom else "",
-            sop_class_uid=dicom.sop_class_uid[:64] if dicom else "",
-            transfer_syntax_uid=dicom.transfer_syntax_uid[:64] if dicom else "",
-            dicom_metadata=dicom_fields.image_metadata(dicom.dataset) if dicom else {},
-            created_by=actor.user,
+            id=image_id, clinic=actor.clinic, study=study, storage_key=key, created_by=actor.user, **fields
         )
         stored.store_file(key, received.path, content_type=facts.media_type)
         return image
 
-    image, created = _race_safe(find, create)
+    image, created = _create_or_find(find, create)
     if created:
         run_after_commit(image_derivatives_make, image.id)
         events.image_stored(image)
@@ -149,10 +172,11 @@ def images_add(
     """
     if inspected is None:
         inspected = inspect_all(files)
+    rows = [image_fields(file, facts, view=view) for file, facts in zip(files, inspected, strict=True)]
     with StoredObjects() as stored, transaction.atomic(), deferred_events():
         study = Study.objects.select_for_update().get(id=study.id)
         results = []
-        for received, facts in zip(files, inspected, strict=True):
+        for received, facts, fields in zip(files, inspected, rows, strict=True):
             if facts.dicom is not None and facts.dicom.study_instance_uid:
                 uid = facts.dicom.study_instance_uid
                 if study.dicom_study_uid and study.dicom_study_uid != uid:
@@ -175,7 +199,7 @@ def images_add(
                     study.save(update_fields=["dicom_study_uid"])
             results.append(
                 _store_image(
-                    actor=actor, study=study, received=received, facts=facts, view=view, stored=stored
+                    actor=actor, study=study, received=received, facts=facts, fields=fields, stored=stored
                 )
             )
         _mark_received(study)
@@ -190,11 +214,10 @@ class DicomStored:
     created: bool
 
 
-def _dicom_patient(actor: Actor, facts: Inspected, study: Study | None) -> Patient:
+def _dicom_patient(actor: Actor, facts: Inspected) -> Patient:
+    """The clinic's patient whose external id is the header's PatientID, else a new one from the header."""
     assert facts.dicom is not None
     fields = dicom_fields.patient_fields(facts.dicom.dataset)
-    if study is not None:
-        return study.patient
     external_id = fields["external_id"]
 
     def find() -> Patient | None:
@@ -209,12 +232,23 @@ def _dicom_patient(actor: Actor, facts: Inspected, study: Study | None) -> Patie
     return patient
 
 
+def _dicom_study_locked(actor: Actor, uid: str) -> Study | None:
+    """The clinic's study with this StudyInstanceUID, row-locked, with its patient (one query)."""
+    return (
+        Study.objects.select_for_update(of=("self",))
+        .select_related("patient")
+        .filter(clinic=actor.clinic, dicom_study_uid=uid)
+        .first()
+    )
+
+
 def dicom_instances_store(*, actor: Actor, files: Sequence[ReceivedFile]) -> list[DicomStored]:
     """Store DICOM instances, each into the study its StudyInstanceUID names (created when new).
 
     The patient is the clinic's patient with the header's PatientID as external id, or a new patient
     filled from the header (name, species and breed descriptions, owner, sex, birth date, weight).
-    A SOP instance already stored is the existing image. Atomic for the whole batch.
+    A SOP instance already stored is the existing image. Atomic for the whole batch. An instance of a
+    known study costs one lookup (the study, locked, with its patient) before its image is inserted.
     """
     inspected = inspect_all(files, allowed=frozenset({"dicom"}))
     for facts in inspected:
@@ -223,38 +257,37 @@ def dicom_instances_store(*, actor: Actor, files: Sequence[ReceivedFile]) -> lis
             raise Rejected(
                 "The DICOM instance has no StudyInstanceUID or SOPInstanceUID.", code="dicom_invalid"
             )
+    rows = [image_fields(file, facts, view="") for file, facts in zip(files, inspected, strict=True)]
     results = []
     with StoredObjects() as stored, transaction.atomic(), deferred_events():
-        for received, facts in zip(files, inspected, strict=True):
+        for received, facts, fields in zip(files, inspected, rows, strict=True):
             assert facts.dicom is not None
             uid = facts.dicom.study_instance_uid[:64]
-            existing = (
-                Study.objects.select_for_update().filter(clinic=actor.clinic, dicom_study_uid=uid).first()
-            )
-            patient = _dicom_patient(actor, facts, existing)
+            study = _dicom_study_locked(actor, uid)
+            if study is None:
+                patient = _dicom_patient(actor, facts)
 
-            def find(uid: str = uid) -> Study | None:
-                return (
-                    Study.objects.select_for_update().filter(clinic=actor.clinic, dicom_study_uid=uid).first()
-                )
+                def create(patient: Patient = patient, facts: Inspected = facts) -> Study:
+                    assert facts.dicom is not None
+                    created = Study.objects.create(
+                        clinic=actor.clinic,
+                        patient=patient,
+                        created_by=actor.user,
+                        **dicom_fields.study_fields(facts.dicom.dataset),
+                    )
+                    events.study_created(created)
+                    return created
 
-            def create(patient: Patient = patient, facts: Inspected = facts) -> Study:
-                assert facts.dicom is not None
-                created = Study.objects.create(
-                    clinic=actor.clinic,
-                    patient=patient,
-                    created_by=actor.user,
-                    **dicom_fields.study_fields(facts.dicom.dataset),
-                )
-                events.study_created(created)
-                return created
+                def find(uid: str = uid) -> Study | None:
+                    return _dicom_study_locked(actor, uid)
 
-            study = existing or _race_safe(find, create)[0]
+                # Just looked for: create it, or find the one a concurrent upload created meanwhile.
+                study = _create_or_find(find, create)[0]
             outcome = _store_image(
-                actor=actor, study=study, received=received, facts=facts, view="", stored=stored
+                actor=actor, study=study, received=received, facts=facts, fields=fields, stored=stored
             )
             _mark_received(study)
-            results.append(DicomStored(outcome.image, study, patient, outcome.created))
+            results.append(DicomStored(outcome.image, study, study.patient, outcome.created))
     return results
 
 
