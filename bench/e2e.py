@@ -366,44 +366,53 @@ def start_moto(env: dict[str, str], workdir: Path, options: argparse.Namespace) 
     return moto, endpoint, bucket
 
 
+def production_services(
+    options: argparse.Namespace, workdir: Path, cleanup: contextlib.ExitStack
+) -> tuple[dict[str, str], Proc]:
+    """A fresh PostgreSQL database, a flushed Redis database and a moto S3 server (each undone by
+    ``cleanup``); returns the production environment that points at them (the caller's ``--env``
+    last) and the moto process."""
+    db_name, database_url = create_database(options.postgres_admin_url)
+    log(f"production: PostgreSQL database {db_name}; Redis {options.redis_url} (flushed)")
+    if options.keep:
+        log(f'--keep: the database {db_name} stays; drop it with DROP DATABASE "{db_name}" WITH (FORCE)')
+    else:
+        cleanup.callback(drop_database, options.postgres_admin_url, db_name)
+    flush_redis(options.redis_url)
+    if not options.keep:
+        cleanup.callback(flush_redis, options.redis_url)
+    moto, endpoint, bucket = start_moto(base_env(()), workdir, options)
+    cleanup.callback(moto.stop)
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True)
+    env = base_env(options.env)
+    env.update(
+        {
+            "XCALIBER_ENV": "production",
+            "XCALIBER_SECRET_KEY": secrets.token_urlsafe(50),
+            "XCALIBER_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "XCALIBER_DATA_DIR": str(data_dir),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": options.redis_url,
+            "XCALIBER_S3_BUCKET": bucket,
+            "XCALIBER_S3_ENDPOINT_URL": endpoint,
+            "XCALIBER_S3_ACCESS_KEY_ID": "testing",
+            "XCALIBER_S3_SECRET_ACCESS_KEY": "testing",
+            "XCALIBER_S3_ADDRESSING_STYLE": "path",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    for item in options.env:  # the caller's --env wins over the defaults above
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env, moto
+
+
 @contextlib.contextmanager
 def production_stack(options: argparse.Namespace, workdir: Path) -> Iterator[Target]:
     cleanup = contextlib.ExitStack()
     with cleanup:
-        db_name, database_url = create_database(options.postgres_admin_url)
-        log(f"production: PostgreSQL database {db_name}; Redis {options.redis_url} (flushed)")
-        if options.keep:
-            log(f'--keep: the database {db_name} stays; drop it with DROP DATABASE "{db_name}" WITH (FORCE)')
-        else:
-            cleanup.callback(drop_database, options.postgres_admin_url, db_name)
-        flush_redis(options.redis_url)
-        if not options.keep:
-            cleanup.callback(flush_redis, options.redis_url)
-        plain = base_env(())
-        moto, endpoint, bucket = start_moto(plain, workdir, options)
-        cleanup.callback(moto.stop)
-        data_dir = workdir / "data"
-        data_dir.mkdir(parents=True)
-        env = base_env(options.env)
-        env.update(
-            {
-                "XCALIBER_ENV": "production",
-                "XCALIBER_SECRET_KEY": secrets.token_urlsafe(50),
-                "XCALIBER_ALLOWED_HOSTS": "127.0.0.1,localhost",
-                "XCALIBER_DATA_DIR": str(data_dir),
-                "DATABASE_URL": database_url,
-                "REDIS_URL": options.redis_url,
-                "XCALIBER_S3_BUCKET": bucket,
-                "XCALIBER_S3_ENDPOINT_URL": endpoint,
-                "XCALIBER_S3_ACCESS_KEY_ID": "testing",
-                "XCALIBER_S3_SECRET_ACCESS_KEY": "testing",
-                "XCALIBER_S3_ADDRESSING_STYLE": "path",
-                "AWS_EC2_METADATA_DISABLED": "true",
-            }
-        )
-        for item in options.env:  # the caller's --env wins over the defaults above
-            key, _, value = item.partition("=")
-            env[key] = value
+        env, moto = production_services(options, workdir, cleanup)
         log("production: migrating")
         manage(env, "migrate", "--no-input", "-v", "0")
         worker = spawn(

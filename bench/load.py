@@ -26,7 +26,6 @@ upload-to-result latency, and each process's RSS (peak and at the end) and CPU s
 stack runs, each uvicorn worker and prefork child separately, and this script itself.
 """
 
-# ruff: noqa: S603  (starts the project's own stack with fixed arguments)
 from __future__ import annotations
 
 import argparse
@@ -37,8 +36,6 @@ import platform
 import random
 import re
 import secrets
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -55,15 +52,12 @@ if str(ROOT) not in sys.path:  # run as a script: make ``bench`` and ``inference
 from bench.e2e import (  # noqa: E402  (after the path above)
     POSTGRES_ADMIN_URL,
     Listener,
-    base_env,
-    create_database,
-    drop_database,
-    flush_redis,
     http_ok,
     make_images,
+    production_services,
     register_clinics,
     shipped_model_ready,
-    start_moto,
+    spawn,
     stats,
     wait_until,
     work_directory,
@@ -98,7 +92,6 @@ class Stack:
     pid: int  # run.py stack (or the process given with --stack-pid)
     description: str
     log_path: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
 
     def roles(self) -> dict[int, str]:
         """pid -> a name for every process of the stack: each role, each uvicorn worker, each child."""
@@ -118,34 +111,9 @@ class Stack:
 
 @contextlib.contextmanager
 def started_stack(options: argparse.Namespace, workdir: Path) -> Iterator[Stack]:
-    cleanup = contextlib.ExitStack()
-    with cleanup:
-        db_name, database_url = create_database(options.postgres_admin_url)
-        cleanup.callback(drop_database, options.postgres_admin_url, db_name)
-        flush_redis(options.redis_url)
-        cleanup.callback(flush_redis, options.redis_url)
-        moto, endpoint, bucket = start_moto(base_env(()), workdir, options)
-        cleanup.callback(moto.stop)
-        env = base_env(options.env)
-        env.update(
-            {
-                "XCALIBER_ENV": "production",
-                "XCALIBER_SECRET_KEY": secrets.token_urlsafe(50),
-                "XCALIBER_ALLOWED_HOSTS": "127.0.0.1,localhost",
-                "XCALIBER_DATA_DIR": str(workdir / "data"),
-                "DATABASE_URL": database_url,
-                "REDIS_URL": options.redis_url,
-                "XCALIBER_S3_BUCKET": bucket,
-                "XCALIBER_S3_ENDPOINT_URL": endpoint,
-                "XCALIBER_S3_ACCESS_KEY_ID": "testing",
-                "XCALIBER_S3_SECRET_ACCESS_KEY": "testing",
-                "XCALIBER_S3_ADDRESSING_STYLE": "path",
-                "AWS_EC2_METADATA_DISABLED": "true",
-            }
-        )
-        for item in options.env:  # the caller's --env wins
-            key, _, value = item.partition("=")
-            env[key] = value
+    """``python3 run.py stack`` against a fresh database, Redis and moto (bench/e2e.py's services)."""
+    with contextlib.ExitStack() as cleanup:
+        env, _moto = production_services(options, workdir, cleanup)
         port = options.port or free_port(options.host)
         command = [
             sys.executable,
@@ -156,54 +124,26 @@ def started_stack(options: argparse.Namespace, workdir: Path) -> Iterator[Stack]
             "--web-workers", str(options.web_workers),
             "--cpu-workers", str(options.cpu_workers),
         ]  # fmt: skip
-        log_path = workdir / "stack.log"
-        log(f"starting: {' '.join(command)}  (log: {log_path})")
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        stack = spawn("stack", command, env, workdir)
+        cleanup.callback(stack.stop, 150.0)  # SIGTERM: the stack stops its roles in order
+        url = f"http://{options.host}:{port}"
+        wait_until("the stack's /readyz", lambda: http_ok(f"{url}/readyz"), options.start_timeout, [stack])
+
+        def worker_ready() -> bool:
+            return (
+                re.search(r"inference\s*\|.*ready\.", stack.log_path.read_text(errors="replace")) is not None
             )
 
-        def stop() -> None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(90)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-            log(f"stack exited with status {process.returncode}")
-
-        cleanup.callback(stop)
-        url = f"http://{options.host}:{port}"
-
-        class _Alive:  # wait_until's view of a process
-            role = "run.py stack"
-
-            @staticmethod
-            def alive() -> bool:
-                return process.poll() is None
-
-            @staticmethod
-            def log_tail(lines: int = 40) -> str:
-                return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
-
-        wait_until("the stack's /readyz", lambda: http_ok(f"{url}/readyz"), options.start_timeout, [_Alive])  # type: ignore[list-item]
-        wait_until(
-            "the inference worker",
-            lambda: re.search(r"inference\s*\|.*ready\.", log_path.read_text(errors="replace")) is not None,
-            options.start_timeout,
-            [_Alive],  # type: ignore[list-item]
-        )
+        wait_until("the inference worker", worker_ready, options.start_timeout, [stack])
         yield Stack(
             url=url,
-            pid=process.pid,
+            pid=stack.pid,
             description=(
                 f"python3 run.py stack --web-workers {options.web_workers} "
                 f"--cpu-workers {options.cpu_workers}: uvicorn, inference worker, Celery CPU worker, beat, "
                 "webhook deliverer; PostgreSQL, Redis, moto S3"
             ),
-            log_path=log_path,
-            process=process,
+            log_path=stack.log_path,
         )
 
 
@@ -566,7 +506,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--url", help="a stack already running (then --stack-pid for its processes)")
     parser.add_argument("--stack-pid", type=int, default=0, help="pid whose process tree is measured")
     parser.add_argument("--workdir", help="where the stack's data and log go (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and database")
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     options = parser.parse_args(argv)
     if options.users < 1 or options.clinics < 1 or options.users < options.clinics:
