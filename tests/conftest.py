@@ -16,7 +16,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from clinics.tenancy.models import ApiKey, Clinic, Membership, Role, User
+from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, Invitation, Membership, Role, User
 from clinics.tenancy.services import api_key_create
 from xcaliber import settings as project_settings
 
@@ -67,6 +67,18 @@ def make_clinic(name: str | None = None, *, seat_limit: int = 10, kind: str = "c
 def make_member(clinic: Clinic, role: str, *, email: str | None = None, active: bool = True) -> Membership:
     user = make_user(email or f"{role}-{secrets.token_hex(3)}@{clinic.slug}.test")
     return Membership.objects.create(clinic=clinic, user=user, role=role, is_active=active)
+
+
+def seat_rows() -> tuple[int, int, int, int, int]:
+    """Row counts a refused seat change must leave alone: users, memberships (all and active),
+    invitations, audit entries."""
+    return (
+        User.objects.count(),
+        Membership.objects.count(),
+        Membership.objects.filter(is_active=True).count(),
+        Invitation.objects.count(),
+        AuditEntry.objects.count(),
+    )
 
 
 def bearer_client(user: User, clinic: Clinic | None = None) -> APIClient:

@@ -18,10 +18,10 @@ import pytest
 
 from billing.models import Subscription
 from clinics.events.models import Event
-from clinics.tenancy.models import AuditEntry, Clinic, Invitation, Membership, Role, User
+from clinics.tenancy.models import AuditEntry, Clinic, Invitation, Role, User
 from tests.billing.conftest import Deliver, stripe_event, subscription_object
 from tests.billing.fake_stripe import Call, FakeStripe
-from tests.conftest import PASSWORD, Cast, make_member
+from tests.conftest import PASSWORD, Cast, make_member, seat_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -81,17 +81,6 @@ def _seats(cast: Cast) -> dict[str, Any]:
 
 def _invite(cast: Cast, email: str, role: str = Role.VET) -> Any:
     return cast.client(Role.ADMIN).post(INVITATIONS, {"email": email, "role": role})
-
-
-def _state() -> tuple[int, int, int, int, int]:
-    """Row counts a refused add must leave alone."""
-    return (
-        User.objects.count(),
-        Membership.objects.count(),
-        Membership.objects.filter(is_active=True).count(),
-        Invitation.objects.count(),
-        AuditEntry.objects.count(),
-    )
 
 
 # ---------------------------------------------------------------------------- adding: prorate
@@ -211,14 +200,14 @@ def test_a_refuse_plan_refuses_the_add_and_leaves_nothing(
 ) -> None:
     former = make_member(cast.clinic, Role.VET, active=False)
     _subscribe(cast, fake_stripe, deliver, plan="pay-per-read")
-    before = _state()
+    before = seat_rows()
 
     body = problem(_invite(cast, "sixth@example.test"), 409, "seat_limit_reached")
     assert (body["seat_limit"], body["active"], body["pending_invitations"]) == (5, 5, 0)
     assert "does not add seats mid-period" in str(body["detail"])
     problem(cast.client(Role.ADMIN).post(f"/api/v1/members/{former.id}/activate/"), 409, "seat_limit_reached")
 
-    assert _state() == before
+    assert seat_rows() == before
     assert not Invitation.objects.filter(email="sixth@example.test").exists()
     assert _seat_calls(fake_stripe) == []
     assert _limit(cast) == 5
@@ -229,10 +218,10 @@ def test_no_seat_is_bought_on_an_unpaid_subscription(
     cast: Cast, fake_stripe: FakeStripe, deliver: Deliver, problem: Any, status: str
 ) -> None:
     _subscribe(cast, fake_stripe, deliver, status=status)
-    before = _state()
+    before = seat_rows()
     body = problem(_invite(cast, "sixth@example.test"), 409, "seat_limit_reached")
     assert "settle it in the billing portal" in str(body["detail"])
-    assert _state() == before
+    assert seat_rows() == before
     assert _seat_calls(fake_stripe) == []
 
 
@@ -241,11 +230,11 @@ def test_the_free_trial_keeps_its_seats_and_never_calls_stripe(
 ) -> None:
     """No Stripe subscription yet: the trial's seat limit is fixed; checkout is how seats are bought."""
     Clinic.objects.filter(id=cast.clinic.id).update(seat_limit=5)
-    before = _state()
+    before = seat_rows()
 
     body = problem(_invite(cast, "sixth@example.test"), 409, "seat_limit_reached")
     assert "choose a plan" in str(body["detail"])
-    assert _state() == before
+    assert seat_rows() == before
 
     # A removal frees the seat at once (nothing is billed to give back), and the seat can be reused.
     vet = cast.members[Role.VET]
@@ -268,13 +257,13 @@ def test_stripe_failing_fails_the_add_and_leaves_nothing(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     subscription = _subscribe(cast, fake_stripe, deliver)
-    before = _state()
+    before = seat_rows()
     fake_stripe.fail_next["/v1/subscription_items"] = 1
 
     with django_capture_on_commit_callbacks(execute=True):
         problem(_invite(cast, "sixth@example.test"), 502, "stripe_error")
 
-    assert _state() == before
+    assert seat_rows() == before
     assert mailoutbox == []
     subscription.refresh_from_db()
     assert (subscription.seat_quantity, subscription.seat_changes) == (2, 0)
@@ -296,13 +285,13 @@ def test_stripe_unreachable_fails_an_acceptance_and_leaves_no_account(
     invitation = _invite(cast, "sixth@example.test").json()
     _subscribe(cast, fake_stripe, deliver)
     billing_settings.BILLING = {**billing_settings.BILLING, "STRIPE_API_BASE": "http://127.0.0.1:9"}
-    before = _state()
+    before = seat_rows()
 
     problem(
         anon.post(ACCEPT, {"token": invitation["token"], "password": PASSWORD}), 503, "stripe_unavailable"
     )
 
-    assert _state() == before
+    assert seat_rows() == before
     assert not User.objects.filter(email="sixth@example.test").exists()
     assert Invitation.objects.get(id=invitation["id"]).status == "pending"
 

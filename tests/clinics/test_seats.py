@@ -13,10 +13,10 @@ import pytest
 from django.utils import timezone
 
 from clinics.tenancy.actor import Actor
-from clinics.tenancy.models import AuditEntry, Clinic, Invitation, Membership, Role, User
+from clinics.tenancy.models import Clinic, Invitation, Membership, Role, User
 from clinics.tenancy.services import SeatLimitReached, membership_activate, seats_in_use
 from clinics.tenancy.signals import SeatChange, seat_policy_register, seat_policy_unregister
-from tests.conftest import PASSWORD, bearer_client, make_clinic, make_member
+from tests.conftest import PASSWORD, bearer_client, make_clinic, make_member, seat_rows
 from xcaliber.lib.problems import Problem
 
 pytestmark = pytest.mark.django_db
@@ -54,16 +54,6 @@ def small(db: None) -> Small:
     return Small()
 
 
-def state() -> tuple[int, int, int, int, int]:
-    return (
-        User.objects.count(),
-        Membership.objects.count(),
-        Membership.objects.filter(is_active=True).count(),
-        Invitation.objects.count(),
-        AuditEntry.objects.count(),
-    )
-
-
 def test_seats_are_reported_on_the_clinic(small):
     assert small.seats() == {"limit": 3, "active_members": 2, "pending_invitations": 0, "available": 1}
     small.invite("a@example.test")
@@ -72,7 +62,7 @@ def test_seats_are_reported_on_the_clinic(small):
 
 def test_a_pending_invitation_holds_a_seat(small, problem, mailoutbox, django_capture_on_commit_callbacks):
     small.invite("a@example.test")
-    before = state()
+    before = seat_rows()
     with django_capture_on_commit_callbacks(execute=True):
         body = problem(
             small.client.post(INVITATIONS, {"email": "b@example.test", "role": "viewer"}),
@@ -80,7 +70,7 @@ def test_a_pending_invitation_holds_a_seat(small, problem, mailoutbox, django_ca
             "seat_limit_reached",
         )
     assert (body["seat_limit"], body["active"], body["pending_invitations"]) == (3, 2, 1)
-    assert state() == before
+    assert seat_rows() == before
     assert mailoutbox == []
 
 
@@ -109,9 +99,9 @@ def test_activation_past_the_limit_conflicts(small, problem):
     small.client.post(f"/api/v1/members/{small.vet.id}/deactivate/")
     small.invite("a@example.test")
     small.invite("b@example.test")
-    before = state()
+    before = seat_rows()
     problem(small.client.post(f"/api/v1/members/{small.vet.id}/activate/"), 409, "seat_limit_reached")
-    assert state() == before
+    assert seat_rows() == before
     small.vet.refresh_from_db()
     assert not small.vet.is_active
 
@@ -129,9 +119,9 @@ def test_activation_past_the_limit_conflicts_in_the_service(small):
 def test_acceptance_when_seats_were_lowered_conflicts(small, anon, problem):
     pending = small.invite("new@example.test")
     small.set_limit(2)
-    before = state()
+    before = seat_rows()
     problem(anon.post(ACCEPT, {"token": pending["token"], "password": PASSWORD}), 409, "seat_limit_reached")
-    assert state() == before  # neither the new account nor a membership was kept
+    assert seat_rows() == before  # neither the new account nor a membership was kept
     assert not User.objects.filter(email="new@example.test").exists()
     assert Invitation.objects.get(id=pending["id"]).status == "pending"
 
@@ -247,12 +237,12 @@ def test_a_policy_that_raises_the_limit_lets_the_add_through(small, policy):
 def test_a_failing_policy_fails_the_add_and_leaves_nothing(small, anon, policy, problem):
     pending = small.invite("a@example.test")
     policy.failure = Problem("The payment provider is down.", code="upstream_down", status=503)
-    before = state()
+    before = seat_rows()
     problem(
         small.client.post(INVITATIONS, {"email": "b@example.test", "role": "viewer"}), 503, "upstream_down"
     )
     problem(anon.post(ACCEPT, {"token": pending["token"], "password": PASSWORD}), 503, "upstream_down")
-    assert state() == before
+    assert seat_rows() == before
     assert not User.objects.filter(email="a@example.test").exists()
 
 
