@@ -183,6 +183,7 @@ def stack_environment(options: argparse.Namespace) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     # One process delivers webhooks (``webhooks_deliver``), so the web workers do not sweep too.
     env["XCALIBER_WEBHOOK_SWEEP_SECONDS"] = "0"
+    # Reads go to the inference role, even if the shell says otherwise (a web worker must not read).
     env["XCALIBER_READ_WORKER"] = "celery"
     if options.web_workers > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several uvicorn workers: /metrics sums them through prometheus_client's multiprocess files,
