@@ -75,6 +75,7 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
         "connect_timeout", env_int("XCALIBER_DB_CONNECT_TIMEOUT", 5)
     )
 if _database["ENGINE"] == "django.db.backends.sqlite3":
+    _database["ENGINE"] = "xcaliber.lib.sqlite"  # Django's, plus a connection pool and a writer queue
     _database.setdefault("OPTIONS", {})
     # WAL and a busy timeout let the web process and the in-process worker share the file; with WAL,
     # synchronous=NORMAL stays consistent after a crash and saves an fsync per commit.
@@ -318,6 +319,8 @@ XCALIBER = {
     ),
     "PREVIEW_MAX_SIDE": env_int("XCALIBER_PREVIEW_MAX_SIDE", 2048, minimum=256),
     "THUMBNAIL_MAX_SIDE": env_int("XCALIBER_THUMBNAIL_MAX_SIDE", 256, minimum=32),
+    # Previews are rendered in a child process of the server (clinics.records.render); 0: on its thread.
+    "PREVIEW_PROCESS": env_bool("XCALIBER_PREVIEW_PROCESS", True),
     # AI reads: the worker claims up to READ_BATCH_MAX queued reads at once, waiting READ_BATCH_WINDOW_MS
     # after a wake-up for more to arrive; a claimed read is leased for READ_LEASE_SECONDS and failed after
     # READ_MAX_ATTEMPTS claims. Heatmap overlays are PNGs of at most HEATMAP_MAX_SIDE pixels.

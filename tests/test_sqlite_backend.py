@@ -1,0 +1,343 @@
+"""The SQLite backend (``xcaliber.lib.sqlite``): a per-process pool of open connections to a database file,
+and an in-process writer queue in front of ``BEGIN IMMEDIATE``.
+
+Each test builds its own wrappers on a temporary file, whatever database the suite itself runs on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import OperationalError, connections, transaction
+from django.db.utils import ConnectionHandler
+
+from xcaliber.lib.sqlite import base
+from xcaliber.lib.sqlite.base import POOL_SIZE, DatabaseWrapper, pooled_connections
+
+WAIT = 10  # seconds a thread waits for a signal before the test gives up (never reached when it works)
+
+Wrapper = Callable[..., DatabaseWrapper]
+
+
+def _settings(name: str, **options: Any) -> dict[str, Any]:
+    """A settings dict as Django completes it for ``DATABASES``."""
+    options = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 1,
+        "init_command": "PRAGMA journal_mode=WAL;",
+        **options,
+    }
+    handler = ConnectionHandler(
+        {"default": {"ENGINE": "xcaliber.lib.sqlite", "NAME": name, "OPTIONS": options}}
+    )
+    return handler.settings["default"]  # type: ignore[no-any-return]  # django-stubs: settings is Any
+
+
+@pytest.fixture
+def db_file(tmp_path: Path, django_db_blocker: Any) -> Iterator[str]:
+    """A fresh database file with an ``item`` table; its pool and writer lock dropped afterwards."""
+    name = str(tmp_path / "x.sqlite3")
+    with django_db_blocker.unblock():
+        setup = DatabaseWrapper(_settings(name), alias="setup")
+        with setup.cursor() as cursor:
+            cursor.execute("CREATE TABLE item (name TEXT NOT NULL)")
+        setup.close()
+        try:
+            yield name
+        finally:
+            with base._pools_lock:
+                for raw in base._pools.pop(name, []):
+                    raw.close()
+                base._writer_locks.pop(name, None)
+
+
+@pytest.fixture
+def wrapper(db_file: str) -> Wrapper:
+    """A new wrapper on the database file (to be used in the thread that calls this)."""
+
+    def make(alias: str = "pooled", **options: Any) -> DatabaseWrapper:
+        return DatabaseWrapper(_settings(db_file, **options), alias=alias)
+
+    return make
+
+
+@contextlib.contextmanager
+def _registered(wrapper: DatabaseWrapper) -> Iterator[DatabaseWrapper]:
+    """``wrapper`` as ``connections[wrapper.alias]`` in this thread, so ``transaction.atomic`` uses it."""
+    connections[wrapper.alias] = wrapper
+    try:
+        yield wrapper
+    finally:
+        del connections[wrapper.alias]
+        wrapper.close()
+
+
+def _insert(wrapper: DatabaseWrapper, name: str) -> None:
+    with wrapper.cursor() as cursor:
+        cursor.execute("INSERT INTO item (name) VALUES (%s)", [name])
+
+
+def _names(wrapper: DatabaseWrapper) -> list[str]:
+    with wrapper.cursor() as cursor:
+        cursor.execute("SELECT name FROM item ORDER BY rowid")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _is_closed(raw: sqlite3.Connection) -> bool:
+    try:
+        raw.execute("SELECT 1")
+    except sqlite3.ProgrammingError:
+        return True
+    return False
+
+
+def _thread(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+# ---------------------------------------------------------------------------- pool
+
+
+def test_a_closed_connection_is_reused_by_the_next_wrapper_with_foreign_keys_on(
+    db_file: str, wrapper: Wrapper
+) -> None:
+    first = wrapper()
+    first.ensure_connection()
+    raw = first.connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys = OFF")  # as a migration may leave it
+    _insert(first, "kept")
+
+    first.close()
+
+    assert first.connection is None
+    assert pooled_connections(db_file) == 1
+    assert not _is_closed(raw)
+    second = wrapper()
+    second.ensure_connection()
+    assert second.connection is raw
+    assert pooled_connections(db_file) == 0
+    assert raw.execute("PRAGMA foreign_keys").fetchone() == (1,)
+    assert _names(second) == ["kept"]
+    second.close()
+    assert pooled_connections(db_file) == 1
+
+
+def test_a_connection_closed_inside_a_transaction_is_closed_and_its_writes_are_lost(
+    db_file: str, wrapper: Wrapper
+) -> None:
+    with _registered(wrapper("writer")) as writer:
+        writer.ensure_connection()
+        raw = writer.connection
+        assert raw is not None
+        idle = pooled_connections(db_file)
+        with transaction.atomic(using="writer"):
+            _insert(writer, "unfinished")
+            assert raw.in_transaction
+            writer.close()
+        assert pooled_connections(db_file) == idle
+        assert _is_closed(raw)
+
+    with _registered(wrapper("reader")) as reader:
+        # The writer lock went with the connection: the next writer begins at once (timeout is 1 s).
+        with transaction.atomic(using="reader"):
+            _insert(reader, "next")
+        assert _names(reader) == ["next"]
+
+
+def test_the_pool_keeps_at_most_pool_size_connections(db_file: str, wrapper: Wrapper) -> None:
+    wrappers = [wrapper(f"w{index}") for index in range(POOL_SIZE + 3)]
+    for each in wrappers:
+        each.ensure_connection()
+    raws: list[sqlite3.Connection] = []
+    for each in wrappers:
+        assert each.connection is not None
+        raws.append(each.connection)
+    assert len({id(raw) for raw in raws}) == POOL_SIZE + 3
+
+    for each in wrappers:
+        each.close()
+
+    assert pooled_connections(db_file) == POOL_SIZE
+    assert [_is_closed(raw) for raw in raws] == [False] * POOL_SIZE + [True] * 3
+    assert set(map(id, base._pools[db_file])) == set(map(id, raws[:POOL_SIZE]))
+
+
+@pytest.mark.parametrize("name", [":memory:", "file:xcaliber-pool-test?mode=memory&cache=shared"])
+def test_an_in_memory_database_never_pools(name: str, django_db_blocker: Any) -> None:
+    with django_db_blocker.unblock():
+        first = DatabaseWrapper(_settings(name), alias="memory")
+        first.ensure_connection()
+        raw = first.connection
+        assert raw is not None
+        try:
+            first.close()  # Django ignores it, so as not to lose the database
+            first._close()  # and the backend's own close closes for real
+            assert pooled_connections(name) == 0
+            assert _is_closed(raw)
+            second = DatabaseWrapper(_settings(name), alias="memory")
+            second.ensure_connection()
+            assert second.connection is not raw
+            second._close()
+            assert pooled_connections(name) == 0
+        finally:
+            with base._pools_lock:
+                base._pools.pop(name, None)
+                base._writer_locks.pop(name, None)
+
+
+def test_a_forked_child_does_not_take_its_parents_connections(
+    db_file: str, wrapper: Wrapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = wrapper()
+    parent.ensure_connection()
+    inherited = parent.connection
+    assert inherited is not None
+    parent.close()
+    assert pooled_connections(db_file) == 1
+    parents_lock = base._writer_lock(db_file)
+    assert parents_lock.acquire(blocking=False)  # held by a parent's thread at the fork
+
+    try:
+        monkeypatch.setattr(base, "_pools_pid", -1)  # as seen from a child: the pool is another pid's
+        assert pooled_connections(db_file) == 0
+        child = wrapper()
+        child.ensure_connection()
+        assert child.connection is not inherited
+        assert base._writer_lock(db_file) is not parents_lock
+        assert not base._writer_lock(db_file).locked()
+        child.close()
+    finally:
+        parents_lock.release()
+        inherited.close()  # the parent's: dropped from the child's pool, not closed by it
+
+
+# ---------------------------------------------------------------------------- writer queue
+
+
+def test_a_second_writer_waits_for_the_first_and_begins_once_it_commits(wrapper: Wrapper) -> None:
+    a_holds, a_may_commit, b_trying = threading.Event(), threading.Event(), threading.Event()
+    b_done = threading.Event()
+    seen_by_b: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def writer_a() -> None:
+        try:
+            with _registered(wrapper("a")) as a, transaction.atomic(using="a"):
+                _insert(a, "a")
+                a_holds.set()
+                assert a_may_commit.wait(WAIT)
+        except BaseException as exc:
+            errors.append(exc)
+            a_holds.set()
+
+    def writer_b() -> None:
+        try:
+            with _registered(wrapper("b")) as b:
+                assert b.connection is None
+                b.ensure_connection()
+                assert b.connection is not None
+                # Without the queue, SQLite's busy handler would be the only wait: none at all here.
+                b.connection.execute("PRAGMA busy_timeout = 0")
+                b_trying.set()
+                with transaction.atomic(using="b"):
+                    seen_by_b.append(_names(b))
+                    _insert(b, "b")
+                b_done.set()
+        except BaseException as exc:
+            errors.append(exc)
+            b_trying.set()
+
+    thread_a = _thread(writer_a)
+    assert a_holds.wait(WAIT)
+    thread_b = _thread(writer_b)
+    assert b_trying.wait(WAIT)
+    assert not b_done.wait(0.3)  # B is held while A's transaction is open
+    a_may_commit.set()
+    thread_a.join(WAIT)
+    thread_b.join(WAIT)
+
+    assert errors == []
+    assert b_done.is_set()
+    assert seen_by_b == [["a"]]  # B's transaction began after A's commit
+    reader = wrapper("reader")
+    assert _names(reader) == ["a", "b"]
+    reader.close()
+
+
+def test_a_writer_that_waits_longer_than_the_timeout_fails_and_writes_nothing(wrapper: Wrapper) -> None:
+    a_holds, a_committed = threading.Event(), threading.Event()
+    b_failed = threading.Event()
+    outcome: list[BaseException] = []
+    errors: list[BaseException] = []
+
+    def writer_a() -> None:
+        try:
+            with _registered(wrapper("a")) as a:
+                with transaction.atomic(using="a"):
+                    _insert(a, "a")
+                    a_holds.set()
+                    assert b_failed.wait(WAIT)  # longer than B's 1 s timeout
+                a_committed.set()
+        except BaseException as exc:
+            errors.append(exc)
+            a_holds.set()
+
+    def writer_b() -> None:
+        try:
+            with _registered(wrapper("b")) as b:
+                try:
+                    with transaction.atomic(using="b"):
+                        _insert(b, "b")
+                except OperationalError as exc:
+                    outcome.append(exc)
+                b_failed.set()
+                # The failed wait left nothing behind: once A is done, B writes normally.
+                assert a_committed.wait(WAIT)
+                with transaction.atomic(using="b"):
+                    _insert(b, "b again")
+        except BaseException as exc:
+            errors.append(exc)
+            b_failed.set()
+
+    thread_a = _thread(writer_a)
+    assert a_holds.wait(WAIT)
+    thread_b = _thread(writer_b)
+    thread_b.join(WAIT)
+    thread_a.join(WAIT)
+
+    assert errors == []
+    [failure] = outcome
+    assert str(failure).startswith("database is locked")
+    reader = wrapper("reader")
+    assert _names(reader) == ["a", "b again"]
+    reader.close()
+
+
+def test_a_rollback_releases_the_writer_lock(db_file: str, wrapper: Wrapper) -> None:
+    held_inside: list[bool] = []
+
+    def refused_write(first: DatabaseWrapper) -> None:
+        with transaction.atomic(using=first.alias):
+            _insert(first, "rolled back")
+            held_inside.append(base._writer_lock(db_file).locked())
+            raise RuntimeError("refused")
+
+    with _registered(wrapper("first")) as first, _registered(wrapper("second")) as second:
+        with pytest.raises(RuntimeError, match="refused"):
+            refused_write(first)
+
+        assert held_inside == [True]
+        assert not base._writer_lock(db_file).locked()
+        with transaction.atomic(using="second"):  # would wait 1 s and fail if the lock were still held
+            _insert(second, "next")
+        assert not base._writer_lock(db_file).locked()
+        assert _names(second) == ["next"]
