@@ -80,6 +80,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         """Record last use, at most once per ``API_KEY_TOUCH_SECONDS`` to spare the database."""
         now = timezone.now()
         window = timedelta(seconds=settings.XCALIBER["API_KEY_TOUCH_SECONDS"])
+        if api_key.last_used_at is not None and api_key.last_used_at >= now - window:
+            return  # the row just read is recent enough: no write (on SQLite, a write takes the lock)
         stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - window)
         if ApiKey.objects.filter(Q(id=api_key.id) & stale).update(last_used_at=now):
             api_key.last_used_at = now
