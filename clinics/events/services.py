@@ -15,12 +15,12 @@ from contextvars import ContextVar
 from typing import Any
 
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from clinics.events.models import Event, EventCounter
 from clinics.events.realtime import run_on_server_loop
-from clinics.webhooks.tasks import webhooks_after_event
+from clinics.webhooks.tasks import webhooks_after_events
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +30,26 @@ def clinic_group(clinic_id: uuid.UUID | str) -> str:
     return f"clinic-events.{clinic_id}"
 
 
-def _next_seq(clinic_id: uuid.UUID) -> int:
-    counter, _ = EventCounter.objects.select_for_update().get_or_create(clinic_id=clinic_id)
-    counter.last_seq += 1
-    counter.save(update_fields=["last_seq"])
-    return counter.last_seq
+def _reserve_seqs(clinic_id: uuid.UUID, count: int) -> int:
+    """Take the clinic's next ``count`` sequence numbers; returns the last. One statement (an UPDATE
+    with RETURNING, which SQLite 3.35+ and PostgreSQL both run) that row-locks the counter until commit;
+    the counter row is created on the clinic's first event."""
+    meta = EventCounter._meta
+    clinic_field = meta.get_field("clinic")
+    table, seq, clinic = (
+        connection.ops.quote_name(name) for name in (meta.db_table, "last_seq", clinic_field.column)
+    )
+    # Names from the model's meta, quoted; the values are parameters.
+    sql = f"UPDATE {table} SET {seq} = {seq} + %s WHERE {clinic} = %s RETURNING {seq}"  # noqa: S608
+    key = clinic_field.get_db_prep_value(clinic_id, connection)
+    for _ in range(2):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [count, key])
+            row = cursor.fetchone()
+        if row is not None:
+            return int(row[0])
+        EventCounter.objects.get_or_create(clinic_id=clinic_id)  # the first event: race-safe create
+    raise RuntimeError(f"no event counter for clinic {clinic_id}")
 
 
 _deferred: ContextVar[list[dict[str, Any]] | None] = ContextVar("deferred_events", default=None)
@@ -58,8 +73,7 @@ def deferred_events() -> Iterator[None]:
         yield
     finally:
         _deferred.reset(token)
-    for event in buffer:
-        event_emit(**event)
+    _events_write(buffer)
 
 
 def event_emit(*, clinic_id: uuid.UUID, type: str, data: dict[str, Any]) -> Event:
@@ -74,15 +88,32 @@ def event_emit(*, clinic_id: uuid.UUID, type: str, data: dict[str, Any]) -> Even
     if buffer is not None:
         buffer.append({"clinic_id": clinic_id, "type": type, "data": data})
         return Event(clinic_id=clinic_id, seq=0, type=type, data=data)
-    event = Event.objects.create(
-        clinic_id=clinic_id, seq=_next_seq(clinic_id), type=type, data=data, created_at=timezone.now()
-    )
-    message = event.message()
-    transaction.on_commit(lambda: event_push(clinic_id, message))
-    transaction.on_commit(
-        lambda: webhooks_after_event(event_id=event.id, clinic_id=clinic_id, event_type=type), robust=True
-    )
-    return event
+    return _events_write([{"clinic_id": clinic_id, "type": type, "data": data}])[0]
+
+
+def _events_write(pending: list[dict[str, Any]]) -> list[Event]:
+    """Number and insert ``pending`` events (in order), a counter update and one insert per clinic, and
+    register their push and webhook fan-out for after commit."""
+    written: list[Event] = []
+    now = timezone.now()
+    for clinic_id in dict.fromkeys(item["clinic_id"] for item in pending):
+        items = [item for item in pending if item["clinic_id"] == clinic_id]
+        first = _reserve_seqs(clinic_id, len(items)) - len(items) + 1
+        events = [
+            Event(clinic_id=clinic_id, seq=first + i, type=item["type"], data=item["data"], created_at=now)
+            for i, item in enumerate(items)
+        ]
+        written.extend(Event.objects.bulk_create(events))
+    if written:
+        messages = [(event.clinic_id, event.message()) for event in written]
+        transaction.on_commit(lambda: _push_all(messages))
+        transaction.on_commit(lambda: webhooks_after_events(written), robust=True)
+    return written
+
+
+def _push_all(messages: list[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+    for clinic_id, message in messages:
+        event_push(clinic_id, message)
 
 
 def event_push(clinic_id: uuid.UUID, message: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,6 +29,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from clinics.events.models import Event
 from clinics.tenancy.services import audit_record
 from clinics.webhooks import guard, sender
 from clinics.webhooks.models import TEST_EVENT_TYPE, DeliveryStatus, WebhookDelivery, WebhookEndpoint
@@ -64,32 +65,47 @@ def webhook_deliveries_fan_out(*, event_id: int, clinic_id: uuid.UUID, event_typ
     subscribes to its type. Run after the event's transaction commits. Idempotent: an event reaches an
     endpoint once (a unique constraint), so running it twice creates nothing more. Returns the ids of
     the event's first deliveries, to be attempted."""
-    if event_type == TEST_EVENT_TYPE:  # a test goes to the one endpoint it was asked for
-        return []
-    endpoints = [
-        endpoint
-        for endpoint in WebhookEndpoint.objects.filter(clinic_id=clinic_id, is_active=True).only(
-            "id", "event_types"
+    return webhook_deliveries_fan_out_many([Event(id=event_id, clinic_id=clinic_id, type=event_type)])
+
+
+def webhook_deliveries_fan_out_many(events: Sequence[Event]) -> list[uuid.UUID]:
+    """:func:`webhook_deliveries_fan_out` for the events of one transaction: one endpoint query per
+    clinic, and nothing more when the clinic has no endpoint that wants them."""
+    events = [event for event in events if event.type != TEST_EVENT_TYPE]  # a test goes to one endpoint
+    created: list[uuid.UUID] = []
+    for clinic_id in dict.fromkeys(event.clinic_id for event in events):
+        endpoints = list(
+            WebhookEndpoint.objects.filter(clinic_id=clinic_id, is_active=True).only("id", "event_types")
         )
-        if endpoint.subscribes_to(event_type)
-    ]
-    if not endpoints:
-        return []
-    now = timezone.now()
-    WebhookDelivery.objects.bulk_create(
-        [
-            WebhookDelivery(
-                endpoint=endpoint, clinic_id=clinic_id, event_id=event_id, next_attempt_at=now, created_at=now
-            )
+        wanted = [
+            (event, endpoint)
+            for event in events
+            if event.clinic_id == clinic_id
             for endpoint in endpoints
-        ],
-        ignore_conflicts=True,
-    )
-    return list(
-        WebhookDelivery.objects.filter(
-            event_id=event_id, replay_of__isnull=True, endpoint__in=endpoints
+            if endpoint.subscribes_to(event.type)
+        ]
+        if not wanted:
+            continue
+        now = timezone.now()
+        WebhookDelivery.objects.bulk_create(
+            [
+                WebhookDelivery(
+                    endpoint=endpoint,
+                    clinic_id=clinic_id,
+                    event_id=event.id,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+                for event, endpoint in wanted
+            ],
+            ignore_conflicts=True,
+        )
+        created += WebhookDelivery.objects.filter(
+            event_id__in={event.id for event, _ in wanted},
+            replay_of__isnull=True,
+            endpoint__in={endpoint.id for _, endpoint in wanted},
         ).values_list("id", flat=True)
-    )
+    return created
 
 
 # ---------------------------------------------------------------------------- attempts

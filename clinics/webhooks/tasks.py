@@ -1,8 +1,8 @@
 """Running deliveries off the request path, in this process.
 
-* After an event commits, :func:`webhooks_after_event` (registered by ``event_emit``) creates its
-  deliveries at once, in the committing thread (a single indexed query when the clinic has no endpoint),
-  and hands the attempts to the sender threads.
+* After events commit, :func:`webhooks_after_events` (registered by ``event_emit``) creates their
+  deliveries at once, in the committing thread (a single indexed query per clinic when the clinic has
+  no endpoint, however many events the transaction wrote), and hands the attempts to the sender threads.
 * ``XCALIBER_BACKGROUND=thread`` (the default): attempts run on a small pool of daemon threads of their
   own, so a slow partner never delays previews on the shared background thread; ``inline``: at once, in
   the caller (tests, management commands).
@@ -19,17 +19,21 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import close_old_connections, connections
 
 from clinics.webhooks.deliveries import (
     webhook_deliveries_due,
-    webhook_deliveries_fan_out,
+    webhook_deliveries_fan_out_many,
     webhook_delivery_attempt,
 )
+
+if TYPE_CHECKING:
+    from clinics.events.models import Event
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +81,13 @@ def deliveries_attempt_soon(delivery_ids: Iterable[uuid.UUID]) -> None:
     sweeper_start()
 
 
-def webhooks_after_event(*, event_id: int, clinic_id: uuid.UUID, event_type: str) -> None:
-    """On commit of an event: create its deliveries and attempt them. Never raises (the change it
-    reports is committed; a delivery that could not be created is logged)."""
+def webhooks_after_events(events: Sequence[Event]) -> None:
+    """On commit of events: create their deliveries and attempt them. Never raises (the changes they
+    report are committed; a delivery that could not be created is logged)."""
     try:
-        deliveries_attempt_soon(
-            webhook_deliveries_fan_out(event_id=event_id, clinic_id=clinic_id, event_type=event_type)
-        )
+        deliveries_attempt_soon(webhook_deliveries_fan_out_many(events))
     except Exception:
-        logger.exception("webhook fan-out of event %s of clinic %s failed", event_id, clinic_id)
+        logger.exception("webhook fan-out of events %s failed", [event.id for event in events])
 
 
 def _sweep_forever(interval: int) -> None:
