@@ -11,14 +11,11 @@ import uuid
 from django.conf import settings
 from django.core.files.storage import default_storage
 
-from clinics.records import previews, storage
+from clinics.records import render, storage
 from clinics.records.models import DerivativeStatus, Image
+from clinics.records.render import DERIVATIVES_NICENESS
 
 logger = logging.getLogger(__name__)
-
-# The nice value of the background thread while it makes derivatives: during a burst of uploads the
-# request threads and the event loop get the CPU, and previews catch up when the burst is over.
-DERIVATIVES_NICENESS = 10
 
 
 def derivatives_yield_cpu() -> None:
@@ -47,9 +44,9 @@ def image_derivatives_make(image_id: uuid.UUID) -> str:
 
     Idempotent: an image already ``ready`` is left alone, and a re-run overwrites its own keys. A
     file that cannot be decoded marks the image ``failed`` with the reason (the original stays
-    available). If the image was deleted meanwhile, whatever was written is removed again. On the
-    embedded mode's background thread it runs below the uploads' CPU priority
-    (:func:`derivatives_yield_cpu`).
+    available). If the image was deleted meanwhile, whatever was written is removed again. From a
+    background thread the pixels are rendered in a child process below the uploads' CPU priority
+    (:mod:`clinics.records.render`), and the thread itself runs below it too (:func:`derivatives_yield_cpu`).
     """
     image = Image.objects.filter(id=image_id).first()
     if image is None:
@@ -60,7 +57,7 @@ def image_derivatives_make(image_id: uuid.UUID) -> str:
     options = settings.XCALIBER
     try:
         with storage.local_copy(image.storage_key) as path:
-            made = previews.render(
+            made = render.render(  # in the child process from a background thread (clinics.records.render)
                 path,
                 image.source,
                 preview_side=options["PREVIEW_MAX_SIDE"],

@@ -15,7 +15,7 @@ import requests
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from clinics.records import tasks
+from clinics.records import render, tasks
 from clinics.records.models import Image
 from clinics.tenancy.models import Role
 from tests.conftest import Cast
@@ -272,7 +272,7 @@ def _on_a_thread(function: Any) -> Any:
 def test_derivatives_run_below_the_uploads_cpu_priority_on_the_background_thread(settings: Any) -> None:
     settings.XCALIBER_BACKGROUND = "thread"
     before, after = _on_a_thread(_priority_around_yield)
-    assert after == max(before, tasks.DERIVATIVES_NICENESS)
+    assert after == max(before, render.DERIVATIVES_NICENESS)
     # Never the main thread (a command's, or the test runner's) ...
     before, after = _priority_around_yield()
     assert after == before
@@ -280,3 +280,79 @@ def test_derivatives_run_below_the_uploads_cpu_priority_on_the_background_thread
     settings.XCALIBER_BACKGROUND = "inline"
     before, after = _on_a_thread(_priority_around_yield)
     assert after == before
+
+
+def _render_on_a_thread(path: Path) -> Any:
+    """``render.render`` called from a fresh (background) thread; its result, or its exception raised here."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(render.render(path, "dicom", preview_side=512, thumbnail_side=64))
+        except Exception as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
+@pytest.fixture
+def render_child(settings: Any) -> Any:
+    settings.XCALIBER_BACKGROUND = "thread"
+    settings.XCALIBER = {**settings.XCALIBER, "PREVIEW_PROCESS": True}
+    yield render
+    render.shutdown()
+
+
+def test_a_background_thread_renders_in_a_child_process_below_the_uploads_priority(
+    render_child: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "dx.dcm"
+    path.write_bytes(corpus.dicom_bytes(rows=300, columns=240, bits=16, seed=5))
+    made = _render_on_a_thread(path)
+    # The same pixels as rendering here, made by another process that runs at a lower priority.
+    assert made == render.previews.render(path, "dicom", preview_side=512, thumbnail_side=64)
+    (child,) = render.child_pids()
+    assert child != os.getpid()
+    if sys.platform.startswith("linux"):
+        assert os.getpriority(os.PRIO_PROCESS, child) >= render.DERIVATIVES_NICENESS
+    # One child serves every preview.
+    _render_on_a_thread(path)
+    assert render.child_pids() == [child]
+
+
+def test_a_child_that_dies_is_replaced_and_the_preview_still_made(render_child: Any, tmp_path: Path) -> None:
+    path = tmp_path / "dx.dcm"
+    path.write_bytes(corpus.dicom_bytes(rows=300, columns=240, bits=16, seed=6))
+    _render_on_a_thread(path)
+    (first,) = render.child_pids()
+    os.kill(first, 9)
+    made = _render_on_a_thread(path)
+    with PILImage.open(io.BytesIO(made.preview_jpeg)) as preview:
+        assert preview.size == (240, 300)
+    (second,) = render.child_pids()
+    assert second != first
+
+
+def test_a_decoder_error_in_the_child_reaches_the_caller_as_itself(render_child: Any, tmp_path: Path) -> None:
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(corpus.dicom_bytes(rows=300, columns=240, bits=16, seed=7)[:2000])
+    with pytest.raises(ValueError, match="reshape"):  # pydicom's own error, pickled back
+        _render_on_a_thread(path)
+    assert len(render.child_pids()) == 1
+
+
+def test_commands_inline_work_and_the_switch_render_in_the_calling_thread(settings: Any) -> None:
+    settings.XCALIBER_BACKGROUND = "thread"
+    settings.XCALIBER = {**settings.XCALIBER, "PREVIEW_PROCESS": True}
+    assert _on_a_thread(render.in_child_process)
+    assert not render.in_child_process()  # the main thread: a management command
+    settings.XCALIBER = {**settings.XCALIBER, "PREVIEW_PROCESS": False}
+    assert not _on_a_thread(render.in_child_process)
+    settings.XCALIBER = {**settings.XCALIBER, "PREVIEW_PROCESS": True}
+    settings.XCALIBER_BACKGROUND = "inline"
+    assert not _on_a_thread(render.in_child_process)

@@ -1,0 +1,113 @@
+"""Where previews are rendered: a child process of the server, below the uploads' CPU priority.
+
+A server process is one Python interpreter. Rendering a preview on its background thread (decoding a
+16-bit DICOM, windowing three megapixels, two JPEG encodes) holds the interpreter lock for tens of
+milliseconds per image, and meanwhile the event loop and every request thread wait: during a burst of
+uploads, previews made the uploads slower. Here the background thread hands the file's path to one
+child process and waits for the JPEG bytes, without the lock; the child runs at nice
+``DERIVATIVES_NICENESS``, so it takes the CPU the uploads leave. A decoder that crashes takes down
+the child, not the server: the next preview starts a new child.
+
+The child starts with the first preview (``spawn``: a fresh interpreter that imports only the
+rendering code, no Django) and lives as long as the server. It applies to background threads of
+``XCALIBER_BACKGROUND=thread``; a management command, inline mode and ``XCALIBER_PREVIEW_PROCESS=0``
+render in the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from django.conf import settings
+
+from clinics.records import previews
+
+logger = logging.getLogger(__name__)
+
+# The nice value of whatever makes derivatives while uploads run: the child process, or the background
+# thread when rendering stays in the server process.
+DERIVATIVES_NICENESS = 10
+
+_lock = threading.Lock()
+_executor: ProcessPoolExecutor | None = None
+
+
+def _lower_priority() -> None:
+    """The child's initializer: below the server's CPU priority (POSIX; elsewhere as it is)."""
+    if hasattr(os, "nice"):
+        # A sandbox that forbids it: previews still work, at normal priority.
+        with contextlib.suppress(OSError):
+            os.nice(DERIVATIVES_NICENESS)
+
+
+def in_child_process() -> bool:
+    """Whether previews rendered from the calling thread go to the child process."""
+    return (
+        settings.XCALIBER_BACKGROUND == "thread"
+        and bool(settings.XCALIBER["PREVIEW_PROCESS"])
+        and threading.current_thread() is not threading.main_thread()
+    )
+
+
+def _pool() -> ProcessPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+            )
+        return _executor
+
+
+def _discard(broken: ProcessPoolExecutor) -> None:
+    global _executor
+    with _lock:
+        if _executor is broken:
+            _executor = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+def render(path: Path, source: str, *, preview_side: int, thumbnail_side: int) -> previews.Derivatives:
+    """The preview and thumbnail of the file at ``path``: in the child process when
+    :func:`in_child_process`, else here. A child that died (a decoder crash, the OOM killer) is
+    replaced and the image tried once more; a second death raises ``BrokenProcessPool``."""
+    if not in_child_process():
+        return previews.render(path, source, preview_side=preview_side, thumbnail_side=thumbnail_side)
+    for attempt in (1, 2):
+        pool = _pool()
+        try:
+            return pool.submit(
+                previews.render, path, source, preview_side=preview_side, thumbnail_side=thumbnail_side
+            ).result()
+        except BrokenProcessPool:
+            _discard(pool)
+            logger.warning("the preview process died rendering %s (attempt %s)", path, attempt)
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def child_pids() -> list[int]:
+    """The pids of the live rendering child (for tests and diagnostics)."""
+    with _lock:
+        executor = _executor
+    if executor is None:
+        return []
+    processes = getattr(executor, "_processes", None) or {}
+    return [pid for pid, process in processes.items() if process.is_alive()]
+
+
+def shutdown() -> None:
+    """Stop the child (it is started again by the next preview)."""
+    global _executor
+    with _lock:
+        executor, _executor = _executor, None
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)
