@@ -13,12 +13,15 @@ baseline taken after a warm-up request, then the peak again while its preview is
 
 By default the script starts its own server (fresh data directory, migrations, a clinic and an API key
 made by the project's management commands, uvicorn exactly as ``run.py serve`` starts it, with
-``--workers W`` for more processes) and stops it at the end. Previews are made in that server, on its
-background thread; AI reads are not run in it (``--reads off``: uploads still queue them, as in
-production, where an inference worker runs them) unless ``--reads thread``, and the output says which.
-``--url URL --api-key KEY --server-pid PID`` targets a server that is already running instead (RSS is
-read from that pid and its children). Budgets (docs: shared DESIGN.md, "Performance budgets"): at least
-57 files/s with 4 clients, RSS growth under 50 MB during a 200 MB upload. MB here is 10**6 bytes.
+``--workers W`` for more processes) and stops it at the end. Previews are made by that server (its
+background thread and preview process); AI reads are not run in it (``--reads off``: uploads still
+queue them, as in production, where an inference worker runs them) unless ``--reads thread``, and the
+output says which. ``--url URL --api-key KEY --server-pid PID`` targets a server that is already running
+instead (RSS is read from that pid and its children). Then, when Orthanc is installed (``--orthanc``), a
+fresh Orthanc gets the same files from the same clients, and its rate is the budget. Budgets (docs:
+shared DESIGN.md, "Performance budgets"): at least Orthanc's rate measured in the same run (57 files/s,
+Orthanc 1.10's figure on this kind of machine, without Orthanc) with 4 clients, RSS growth under 50 MB
+during a 200 MB upload. MB here is 10**6 bytes.
 """
 
 # ruff: noqa: S603, S606  (starts the project's own server and manage.py with fixed arguments)
@@ -361,6 +364,7 @@ class Server:
     workers: str
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    upload_path: str = "/api/v1/dicom/"  # Orthanc's is /instances
 
     def alive(self) -> bool:
         return self.process is None or self.process.poll() is None
@@ -450,8 +454,7 @@ def start_server(options: argparse.Namespace, workdir: Path) -> Server:
             "Bench Clinic",
             "--owner-email",
             f"bench-{secrets.token_hex(4)}@example.com",
-            "--password",
-            password,
+            f"--password={password}",  # one word: a token may start with "-"
         )
         .strip()
         .splitlines()[-1]
@@ -478,6 +481,69 @@ def start_server(options: argparse.Namespace, workdir: Path) -> Server:
     )
     wait_ready(server, timeout=options.start_timeout)
     return server
+
+
+def orthanc_binary(choice: str) -> str | None:
+    """The Orthanc executable for ``--orthanc`` (auto: on PATH or Debian's /usr/sbin/Orthanc; off: none)."""
+    if choice == "off":
+        return None
+    if choice != "auto":
+        if not Path(choice).is_file():
+            raise SystemExit(f"--orthanc {choice}: no such file")
+        return choice
+    found = shutil.which("Orthanc") or shutil.which("orthanc")
+    if found:
+        return found
+    return "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").is_file() else None
+
+
+def start_orthanc(binary: str, options: argparse.Namespace, workdir: Path) -> Server:
+    """Orthanc with its defaults (SQLite index, files on disk, no plugins), its REST port only, on a fresh
+    storage directory in the work directory; uploads go to ``POST /instances``."""
+    import requests
+
+    folder = workdir / "orthanc"
+    folder.mkdir()
+    port = free_port(options.host)
+    config = {
+        "Name": "xcaliber-bench",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "HttpPort": port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": False,
+        "Plugins": [],
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log_path = folder / "orthanc.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [binary, str(folder / "orthanc.json")],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(
+        url=f"http://{options.host}:{port}",
+        api_key="",
+        pid=process.pid,
+        kind="orthanc",
+        workers="-",
+        process=process,
+        log_path=log_path,
+        upload_path="/instances",
+    )
+    deadline = time.monotonic() + options.start_timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise SystemExit(f"Orthanc exited while starting:\n{server.log_tail()}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{server.url}/system", timeout=2).status_code == 200:
+                return server
+        time.sleep(0.2)
+    server.stop()
+    raise SystemExit(f"Orthanc did not answer within {options.start_timeout:.0f} s:\n{server.log_tail()}")
 
 
 def wait_ready(server: Server, *, timeout: float) -> None:
@@ -558,7 +624,8 @@ class Client:
         self.server = server
         self.session = requests.Session()
         self.session.mount("http://", BlockAdapter())
-        self.session.headers["Authorization"] = f"Api-Key {server.api_key}"
+        if server.api_key:
+            self.session.headers["Authorization"] = f"Api-Key {server.api_key}"
 
     def upload(self, path: Path, timeout: float = 600.0) -> Upload:
         size = path.stat().st_size
@@ -567,7 +634,7 @@ class Client:
         try:
             with path.open("rb") as body:
                 response = self.session.post(
-                    f"{self.server.url}/api/v1/dicom/", data=body, headers=headers, timeout=timeout
+                    f"{self.server.url}{self.server.upload_path}", data=body, headers=headers, timeout=timeout
                 )
             elapsed = time.perf_counter() - started
         except self.requests.RequestException as exc:
@@ -577,12 +644,13 @@ class Client:
             body_json = response.json()
         except ValueError:
             body_json = {}
-        if result.ok:
+        if result.ok and isinstance(body_json, dict) and "instances" in body_json:
             instance = (body_json.get("instances") or [{}])[0]
             result.image_id = str(instance.get("image", {}).get("id", ""))
             result.study_id = str(instance.get("study", ""))
-        else:
-            result.error = str(body_json.get("detail") or response.text[:200])
+        elif not result.ok:
+            detail = body_json.get("detail") if isinstance(body_json, dict) else None
+            result.error = str(detail or response.text[:200])
         return result
 
     def study_images(self, study_id: str) -> list[dict[str, Any]]:
@@ -772,15 +840,72 @@ def run_rate(options: argparse.Namespace, server: Server, workdir: Path, ctx: Co
         "previews_drained_s": round(drained, 2) if drained is not None else None,
         "previews_failed": failed_previews,
         "budget_files_per_s": RATE_BUDGET_FILES_S,
+        "budget_source": f"Orthanc 1.10's figure on this kind of machine ({RATE_BUDGET_FILES_S:.0f} files/s)",
         "pass": files_s >= RATE_BUDGET_FILES_S and not errors,
         "context": asdict(ctx),
     }
+    binary = orthanc_binary(options.orthanc)
+    if binary is not None:
+        out["orthanc"] = run_orthanc(binary, options, workdir, warmup, timed)
+        if out["orthanc"]["errors"] == 0:
+            out["budget_files_per_s"] = out["orthanc"]["files_per_s"]
+            out["budget_source"] = "Orthanc measured in this run, on the same files, clients and machine"
+            out["pass"] = files_s >= out["orthanc"]["files_per_s"] and not errors
     return out
+
+
+def run_orthanc(
+    binary: str, options: argparse.Namespace, workdir: Path, warmup: Sequence[Path], timed: Sequence[Path]
+) -> dict[str, Any]:
+    """The same warm-up and timed uploads, with the same clients, to a fresh Orthanc, after ours finished
+    (its previews included), so that the two never share the machine."""
+    orthanc = start_orthanc(binary, options, workdir)
+    try:
+        version = str(
+            __import__("requests").get(f"{orthanc.url}/system", timeout=5).json().get("Version", "?")
+        )
+        log(f"Orthanc {version}: warm-up {len(warmup)} files, then the same {len(timed)} timed files")
+        if warmup:
+            upload_all(orthanc, warmup, options.clients)
+        sampler = RssSampler(orthanc.pid, options.sample_ms / 1000).start()
+        try:
+            before = sampler.reset_peak()
+            window = CpuWindow(sampler.pids)
+            results, wall = upload_all(orthanc, timed, options.clients)
+            cpu = window.stop()
+            peak = sampler.peak
+        finally:
+            sampler.stop()
+    finally:
+        orthanc.stop()
+    ok = [r for r in results if r.ok]
+    errors = [r for r in results if not r.ok]
+    sizes = sum(Path(r.path).stat().st_size for r in ok)
+    latencies = [r.seconds for r in results]
+    return {
+        "version": version,
+        "files_per_s": round(len(ok) / wall, 2) if wall else 0.0,
+        "mb_per_s": round(sizes / MB / wall, 1) if wall else 0.0,
+        "wall_s": round(wall, 3),
+        "latency_ms": {
+            "p50": round(percentile(latencies, 50) * 1000, 1),
+            "p95": round(percentile(latencies, 95) * 1000, 1),
+            "max": round(max(latencies, default=0.0) * 1000, 1),
+        },
+        "errors": len(errors),
+        "error_samples": sorted({f"{r.status} {r.error}"[:160] for r in errors})[:5],
+        "rss_mb": {"before": round(before / MB, 1), "peak": round(peak / MB, 1)},
+        "server_cpu_ms_per_file": round(cpu.server_cpu_s * 1000 / max(len(results), 1), 1),
+        "cpu": cpu.as_dict(),
+    }
 
 
 def server_work(reads: str) -> str:
     """What the server does besides storing the uploads, for the report."""
-    previews = "previews on the server's background thread (XCALIBER_BACKGROUND=thread)"
+    previews = (
+        "previews handed by the server's background thread to its preview process "
+        "(XCALIBER_BACKGROUND=thread; that child process is counted with the server)"
+    )
     if reads == "off":
         return (
             f"uploads; {previews}; AI reads OFF (XCALIBER_READ_WORKER=off: each upload still queues its "
@@ -846,9 +971,25 @@ def print_rate(result: dict[str, Any]) -> None:
         f" | {result['files']} x {result['file_mb']:.1f} MB DX, {result['clients']} clients | {server}"
         f" | AI reads {ctx['reads']}"
         f" | {ctx['cpus']} CPUs (other load {result['cpu']['other_cores']:.1f})"
-        f" | budget >= {RATE_BUDGET_FILES_S:.0f} files/s (Orthanc): {verdict}"
+        f" | budget >= {result['budget_files_per_s']:.1f} files/s ({result['budget_source']}): {verdict}"
         f" | cmd: {ctx['command']}"
     )
+    orthanc = result.get("orthanc")
+    if orthanc:
+        olat, orss = orthanc["latency_ms"], orthanc["rss_mb"]
+        ratio = result["files_per_s"] / orthanc["files_per_s"] if orthanc["files_per_s"] else 0.0
+        lines += [
+            f"-- Orthanc {orthanc['version']} on the same files, clients and machine, after ours "
+            "(POST /instances)",
+            f"throughput         {orthanc['files_per_s']:.1f} files/s   {orthanc['mb_per_s']:.1f} MB/s   "
+            f"(ours: {ratio:.2f} x Orthanc's)",
+            f"latency            p50 {olat['p50']:.0f} ms   p95 {olat['p95']:.0f} ms   "
+            f"max {olat['max']:.0f} ms",
+            f"errors             {orthanc['errors']}  {' | '.join(orthanc['error_samples'])}".rstrip(),
+            f"Orthanc RSS        before {orss['before']:.0f} MB   peak {orss['peak']:.0f} MB",
+            f"CPU per file       Orthanc {orthanc['server_cpu_ms_per_file']:.0f} ms",
+            cpu_line(orthanc["cpu"]).replace("server", "Orthanc"),
+        ]
     print("\n".join([*lines, summary]), flush=True)
 
 
@@ -979,6 +1120,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="XCALIBER_READ_WORKER of our own server: off (default; uploads still queue their reads, "
         "which a separate inference worker runs in production) or thread (the AI reads run in the "
         "server process during the upload burst, as in the embedded default)",
+    )
+    parser.add_argument(
+        "--orthanc",
+        default="auto",
+        help="rate mode: after ours, upload the same files to a fresh Orthanc and compare (auto: if "
+        "Orthanc is installed, e.g. apt install orthanc; off; or the path of its executable)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="port for our own server (default: a free one)")
