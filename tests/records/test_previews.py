@@ -15,7 +15,7 @@ import requests
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from clinics.records import render, tasks
+from clinics.records import previews, render, tasks
 from clinics.records.models import Image
 from clinics.tenancy.models import Role
 from tests.conftest import Cast
@@ -315,7 +315,7 @@ def test_a_background_thread_renders_in_a_child_process_below_the_uploads_priori
     path.write_bytes(corpus.dicom_bytes(rows=300, columns=240, bits=16, seed=5))
     made = _render_on_a_thread(path)
     # The same pixels as rendering here, made by another process that runs at a lower priority.
-    assert made == render.previews.render(path, "dicom", preview_side=512, thumbnail_side=64)
+    assert made == previews.render(path, "dicom", preview_side=512, thumbnail_side=64)
     (child,) = render.child_pids()
     assert child != os.getpid()
     if sys.platform.startswith("linux"):
