@@ -6,7 +6,8 @@ milliseconds per image, and meanwhile the event loop and every request thread wa
 uploads, previews made the uploads slower. Here the background thread hands the file's path to one
 child process and waits for the JPEG bytes, without the lock; the child runs at nice
 ``DERIVATIVES_NICENESS``, so it takes the CPU the uploads leave. A decoder that crashes takes down
-the child, not the server: the next preview starts a new child.
+the child, not the server: the next preview starts a new child. The child leaves with the server, however
+the server ends.
 
 The child starts with the first preview (``spawn``: a fresh interpreter that imports only the
 rendering code, no Django) and lives as long as the server. It applies to background threads of
@@ -21,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -39,12 +41,24 @@ _lock = threading.Lock()
 _executor: ProcessPoolExecutor | None = None
 
 
-def _lower_priority() -> None:
-    """The child's initializer: below the server's CPU priority (POSIX; elsewhere as it is)."""
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _child_start(parent: int) -> None:
+    """The child's initializer: below the server's CPU priority (POSIX; elsewhere as it is), and gone
+    once the server is. A server that exits without shutting the pool down (killed, or ``os._exit``)
+    would otherwise leave the child waiting on its queue forever, orphaned."""
     if hasattr(os, "nice"):
         # A sandbox that forbids it: previews still work, at normal priority.
         with contextlib.suppress(OSError):
             os.nice(DERIVATIVES_NICENESS)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def in_child_process() -> bool:
@@ -61,7 +75,10 @@ def _pool() -> ProcessPoolExecutor:
     with _lock:
         if _executor is None:
             _executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_child_start,
+                initargs=(os.getpid(),),
             )
         return _executor
 

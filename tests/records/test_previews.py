@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +358,42 @@ def test_commands_inline_work_and_the_switch_render_in_the_calling_thread(settin
     settings.XCALIBER = {**settings.XCALIBER, "PREVIEW_PROCESS": True}
     settings.XCALIBER_BACKGROUND = "inline"
     assert not _on_a_thread(render.in_child_process)
+
+
+ORPHAN_SCRIPT = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xcaliber.settings")
+import django
+django.setup()
+from clinics.records import render
+render._pool().submit(os.getpid).result()
+print(render.child_pids()[0], flush=True)
+os._exit(0)  # the server dies without shutting its pool down (as under SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_child_leaves_with_a_server_that_dies(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(Path(__file__).resolve().parents[2])],
+        capture_output=True,
+        text=True,
+        timeout=60,  # an orphaned child would hold the output pipe open until then
+        env={**os.environ, "XCALIBER_DATA_DIR": str(tmp_path)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    child = int(done.stdout.split()[-1])
+    deadline = time.monotonic() + 10 * render.PARENT_CHECK_SECONDS + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.2)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent (here, init) has yet to reap it
