@@ -762,6 +762,27 @@ class Context:
     python: str = field(default_factory=platform.python_version)
 
 
+def upload_figures(results: Sequence[Upload], wall: float) -> dict[str, Any]:
+    """Rate, volume, latency and errors of timed uploads that took ``wall`` seconds."""
+    ok = [r for r in results if r.ok]
+    errors = [r for r in results if not r.ok]
+    sizes = sum(Path(r.path).stat().st_size for r in ok)
+    latencies = [r.seconds for r in results]
+    return {
+        "file_mb": round(sizes / max(len(ok), 1) / MB, 3),
+        "wall_s": round(wall, 3),
+        "files_per_s": round(len(ok) / wall, 2) if wall else 0.0,
+        "mb_per_s": round(sizes / MB / wall, 1) if wall else 0.0,
+        "latency_ms": {
+            "p50": round(percentile(latencies, 50) * 1000, 1),
+            "p95": round(percentile(latencies, 95) * 1000, 1),
+            "max": round(max(latencies, default=0.0) * 1000, 1),
+        },
+        "errors": len(errors),
+        "error_samples": sorted({f"{r.status} {r.error}"[:160] for r in errors})[:5],
+    }
+
+
 def run_rate(options: argparse.Namespace, server: Server, workdir: Path, ctx: Context) -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     paths = write_dx_files(
@@ -797,28 +818,15 @@ def run_rate(options: argparse.Namespace, server: Server, workdir: Path, ctx: Co
     finally:
         if sampler:
             sampler.stop()
-    ok = [r for r in results if r.ok]
-    errors = [r for r in results if not r.ok]
-    sizes = sum(Path(r.path).stat().st_size for r in ok)
-    latencies = [r.seconds for r in results]
-    files_s = len(ok) / wall if wall else 0.0
+    figures = upload_figures(results, wall)
+    files_s, errors = figures["files_per_s"], figures["errors"]
     out: dict[str, Any] = {
         "mode": "rate",
         "files": len(timed),
         "clients": options.clients,
         "warmup": len(warmup),
         "per_study": options.per_study,
-        "file_mb": round(sizes / max(len(ok), 1) / MB, 3),
-        "wall_s": round(wall, 3),
-        "files_per_s": round(files_s, 2),
-        "mb_per_s": round(sizes / MB / wall, 1) if wall else 0.0,
-        "latency_ms": {
-            "p50": round(percentile(latencies, 50) * 1000, 1),
-            "p95": round(percentile(latencies, 95) * 1000, 1),
-            "max": round(max(latencies, default=0.0) * 1000, 1),
-        },
-        "errors": len(errors),
-        "error_samples": sorted({f"{r.status} {r.error}"[:160] for r in errors})[:5],
+        **figures,
         "server_rss_mb": {
             "before": round(baseline / MB, 1),
             "peak_uploads": round(upload_peak / MB, 1),
@@ -859,11 +867,11 @@ def run_orthanc(
 ) -> dict[str, Any]:
     """The same warm-up and timed uploads, with the same clients, to a fresh Orthanc, after ours finished
     (its previews included), so that the two never share the machine."""
+    import requests
+
     orthanc = start_orthanc(binary, options, workdir)
     try:
-        version = str(
-            __import__("requests").get(f"{orthanc.url}/system", timeout=5).json().get("Version", "?")
-        )
+        version = str(requests.get(f"{orthanc.url}/system", timeout=5).json().get("Version", "?"))
         log(f"Orthanc {version}: warm-up {len(warmup)} files, then the same {len(timed)} timed files")
         if warmup:
             upload_all(orthanc, warmup, options.clients)
@@ -878,22 +886,9 @@ def run_orthanc(
             sampler.stop()
     finally:
         orthanc.stop()
-    ok = [r for r in results if r.ok]
-    errors = [r for r in results if not r.ok]
-    sizes = sum(Path(r.path).stat().st_size for r in ok)
-    latencies = [r.seconds for r in results]
     return {
         "version": version,
-        "files_per_s": round(len(ok) / wall, 2) if wall else 0.0,
-        "mb_per_s": round(sizes / MB / wall, 1) if wall else 0.0,
-        "wall_s": round(wall, 3),
-        "latency_ms": {
-            "p50": round(percentile(latencies, 50) * 1000, 1),
-            "p95": round(percentile(latencies, 95) * 1000, 1),
-            "max": round(max(latencies, default=0.0) * 1000, 1),
-        },
-        "errors": len(errors),
-        "error_samples": sorted({f"{r.status} {r.error}"[:160] for r in errors})[:5],
+        **upload_figures(results, wall),
         "rss_mb": {"before": round(before / MB, 1), "peak": round(peak / MB, 1)},
         "server_cpu_ms_per_file": round(cpu.server_cpu_s * 1000 / max(len(results), 1), 1),
         "cpu": cpu.as_dict(),
