@@ -97,18 +97,19 @@ def render(path: Path, source: str, *, preview_side: int, thumbnail_side: int) -
     replaced and the image tried once more; a second death raises ``BrokenProcessPool``."""
     if not in_child_process():
         return previews.render(path, source, preview_side=preview_side, thumbnail_side=thumbnail_side)
-    for attempt in (1, 2):
-        pool = _pool()
-        try:
-            return pool.submit(
-                previews.render, path, source, preview_side=preview_side, thumbnail_side=thumbnail_side
-            ).result()
-        except BrokenProcessPool:
-            _discard(pool)
-            logger.warning("the preview process died rendering %s (attempt %s)", path, attempt)
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    pool = _pool()
+    try:
+        return pool.submit(
+            previews.render, path, source, preview_side=preview_side, thumbnail_side=thumbnail_side
+        ).result()
+    except BrokenProcessPool:
+        _discard(pool)
+        logger.warning("the preview process died rendering %s; trying once more in a new one", path)
+    return (
+        _pool()
+        .submit(previews.render, path, source, preview_side=preview_side, thumbnail_side=thumbnail_side)
+        .result()
+    )
 
 
 def child_pids() -> list[int]:

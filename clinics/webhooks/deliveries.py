@@ -60,17 +60,12 @@ def retry_delay(attempts: int, *, jitter: Callable[[], float] = random.random) -
 # ---------------------------------------------------------------------------- fan-out
 
 
-def webhook_deliveries_fan_out(*, event_id: int, clinic_id: uuid.UUID, event_type: str) -> list[uuid.UUID]:
-    """Create the deliveries of one committed event: one per active endpoint of the clinic that
-    subscribes to its type. Run after the event's transaction commits. Idempotent: an event reaches an
-    endpoint once (a unique constraint), so running it twice creates nothing more. Returns the ids of
-    the event's first deliveries, to be attempted."""
-    return webhook_deliveries_fan_out_many([Event(id=event_id, clinic_id=clinic_id, type=event_type)])
-
-
-def webhook_deliveries_fan_out_many(events: Sequence[Event]) -> list[uuid.UUID]:
-    """:func:`webhook_deliveries_fan_out` for the events of one transaction: one endpoint query per
-    clinic, and nothing more when the clinic has no endpoint that wants them."""
+def webhook_deliveries_fan_out(events: Sequence[Event]) -> list[uuid.UUID]:
+    """Create the deliveries of committed events (those of one transaction): one per active endpoint of
+    the event's clinic that subscribes to its type, with one endpoint query per clinic and nothing more
+    when no endpoint wants them. Run after the events' transaction commits. Idempotent: an event
+    reaches an endpoint once (a unique constraint), so running it twice creates nothing more. Returns
+    the ids of the events' first deliveries, to be attempted."""
     events = [event for event in events if event.type != TEST_EVENT_TYPE]  # a test goes to one endpoint
     created: list[uuid.UUID] = []
     for clinic_id in dict.fromkeys(event.clinic_id for event in events):

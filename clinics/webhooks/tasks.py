@@ -28,7 +28,7 @@ from django.db import close_old_connections, connections
 
 from clinics.webhooks.deliveries import (
     webhook_deliveries_due,
-    webhook_deliveries_fan_out_many,
+    webhook_deliveries_fan_out,
     webhook_delivery_attempt,
 )
 
@@ -85,7 +85,7 @@ def webhooks_after_events(events: Sequence[Event]) -> None:
     """On commit of events: create their deliveries and attempt them. Never raises (the changes they
     report are committed; a delivery that could not be created is logged)."""
     try:
-        deliveries_attempt_soon(webhook_deliveries_fan_out_many(events))
+        deliveries_attempt_soon(webhook_deliveries_fan_out(events))
     except Exception:
         logger.exception("webhook fan-out of events %s failed", [event.id for event in events])
 

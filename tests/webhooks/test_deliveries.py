@@ -105,11 +105,10 @@ def test_the_fan_out_is_idempotent_and_skips_test_events(
     make_endpoint(cast, receiver.url)
     open_study(cast, django_capture_on_commit_callbacks)
     event = Event.objects.get(type="study.created")
-    again = webhook_deliveries_fan_out(event_id=event.id, clinic_id=cast.clinic.id, event_type=event.type)
+    again = webhook_deliveries_fan_out([event])
     assert again == [WebhookDelivery.objects.get().id]
     assert (
-        webhook_deliveries_fan_out(event_id=event.id, clinic_id=cast.clinic.id, event_type="webhook.test")
-        == []
+        webhook_deliveries_fan_out([Event(id=event.id, clinic_id=cast.clinic.id, type="webhook.test")]) == []
     )
     assert WebhookDelivery.objects.count() == 1
     assert len(receiver.requests) == 1

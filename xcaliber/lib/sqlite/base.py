@@ -41,19 +41,25 @@ _pools_lock = threading.Lock()
 _writer_locks: dict[str, threading.Lock] = {}
 
 
-def _pool(name: str) -> list[sqlite3.Connection]:
-    """The pool of database ``name`` in this process (emptied, not closed, after a fork)."""
+def _forget_the_parent() -> None:
+    """In a forked child, drop (without closing) the parent's pooled connections and writer locks:
+    they are not this process's to use. Call with ``_pools_lock`` held."""
     global _pools_pid
-    if _pools_pid != os.getpid():  # a forked child: the parent's connections are not ours to use
+    if _pools_pid != os.getpid():
         _pools.clear()
         _writer_locks.clear()
         _pools_pid = os.getpid()
+
+
+def _pool(name: str) -> list[sqlite3.Connection]:
+    """The pool of database ``name`` in this process. Call with ``_pools_lock`` held."""
+    _forget_the_parent()
     return _pools.setdefault(name, [])
 
 
 def _writer_lock(name: str) -> threading.Lock:
     with _pools_lock:
-        _pool(name)  # resets after a fork
+        _forget_the_parent()
         return _writer_locks.setdefault(name, threading.Lock())
 
 
