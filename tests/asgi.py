@@ -51,6 +51,7 @@ def asgi_post(
             content += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        await communicator.wait(30)  # the handler's cleanup (the body file's close) is done too
         return head["status"], dict(head["headers"]), content
 
     return async_to_sync(exchange)()

@@ -15,7 +15,8 @@ _scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("asgi_sc
 
 class UploadAwareASGIHandler(ASGIHandler):
     """Django's ASGI handler, except that a raw file upload's body is hashed as it arrives and spilled to
-    a named file in the upload directory, which the upload parser then adopts (one write, one hash)."""
+    a named file in the upload directory, which the upload parser then adopts (one write, one hash).
+    The hashing and writing happen on the body's lane thread, never on the server's loop."""
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         _scope.set(scope)
@@ -33,7 +34,10 @@ class UploadAwareASGIHandler(ASGIHandler):
                 raise RequestAborted()
             if "body" in message:
                 body_file.write(message["body"])
+                if body_file.backlogged:
+                    await body_file.catch_up()
             if not message.get("more_body", False):
                 break
+        await body_file.complete()
         body_file.seek(0)
         return body_file

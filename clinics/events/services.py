@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import connection, transaction
 from django.utils import timezone
 
 from clinics.events.models import Event, EventCounter
-from clinics.events.realtime import run_on_server_loop
+from clinics.events.realtime import run_on_server_loop, server_loop_known
 from clinics.webhooks.tasks import webhooks_after_events
 
 logger = logging.getLogger(__name__)
@@ -106,24 +106,31 @@ def _events_write(pending: list[dict[str, Any]]) -> list[Event]:
         written.extend(Event.objects.bulk_create(events))
     if written:
         messages = [(event.clinic_id, event.message()) for event in written]
-        transaction.on_commit(lambda: _push_all(messages))
+        transaction.on_commit(lambda: events_push(messages))
         transaction.on_commit(lambda: webhooks_after_events(written), robust=True)
     return written
 
 
-def _push_all(messages: list[tuple[uuid.UUID, dict[str, Any]]]) -> None:
-    for clinic_id, message in messages:
-        event_push(clinic_id, message)
+def events_push(messages: list[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+    """Send committed events to their clinics' connected clients, in order, in one hand-off (best effort).
 
-
-def event_push(clinic_id: uuid.UUID, message: dict[str, Any]) -> None:
-    """Send one committed event to the clinic's connected clients (best effort)."""
+    With the in-memory layer and no WebSocket ever connected to this process, no one could receive
+    them: nothing is sent (no hop to the server's loop for each upload of a bridge).
+    """
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not messages:
         return
+    if isinstance(layer, InMemoryChannelLayer) and not server_loop_known():
+        return
+
+    async def send_all() -> None:
+        for clinic_id, message in messages:
+            try:
+                await layer.group_send(clinic_group(clinic_id), {"type": "clinic.event", "event": message})
+            except Exception:
+                logger.exception("could not push event %s of clinic %s", message.get("seq"), clinic_id)
+
     try:
-        run_on_server_loop(
-            lambda: layer.group_send(clinic_group(clinic_id), {"type": "clinic.event", "event": message})
-        )
+        run_on_server_loop(send_all)
     except Exception:
-        logger.exception("could not push event %s of clinic %s", message.get("seq"), clinic_id)
+        logger.exception("could not push %d events", len(messages))

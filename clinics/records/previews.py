@@ -31,8 +31,9 @@ def _fit(image: PILImage.Image, max_side: int) -> PILImage.Image:
         return image
     scale = max_side / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    # reducing_gap: box-reduce by an integer factor first, then Lanczos over the rest (fast, still sharp).
-    return image.resize(size, PILImage.Resampling.LANCZOS, reducing_gap=3.0)
+    # reducing_gap: box-reduce by an integer factor first, then Lanczos over the last factor of 2 or more
+    # (close to a full Lanczos, at about half the cost of a gap of 3).
+    return image.resize(size, PILImage.Resampling.LANCZOS, reducing_gap=2.0)
 
 
 def display_image(path: Path, source: str, *, max_side: int) -> PILImage.Image:

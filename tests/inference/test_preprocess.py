@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from inference.model.preprocess import (
     to_batch,
 )
 from tests.records import corpus
+from xcaliber.lib import radiograph
 from xcaliber.lib.radiograph import display_array
 
 
@@ -126,3 +128,22 @@ def test_monochrome1_comes_out_inverted(tmp_path: Path) -> None:
     # And the window was applied: the same pixels without one are spread differently.
     unwindowed = load_display(_write(tmp_path, "m3.dcm", corpus.dicom_bytes()), "dicom", 256)
     assert not np.array_equal(plain, unwindowed)
+
+
+@pytest.mark.parametrize("window", [(30000.0, 40000.0), None])
+def test_the_window_computed_in_bands_is_the_window_of_the_whole_image(
+    tmp_path: Path, window: tuple[float, float] | None
+) -> None:
+    # 700 x 800 pixels are three bands (327, 327 and 46 rows of 2**18 pixels at most): every row is
+    # windowed once, with the same arithmetic as over the whole image at once.
+    path = _write(tmp_path, "w.dcm", corpus.dicom_bytes(rows=700, columns=800, window=window))
+    raw = pydicom.dcmread(path).pixel_array
+    values = raw.astype(np.float32)
+    if window is None:
+        expected = radiograph._linear(values, *radiograph._percentiles(raw))
+    else:
+        expected = radiograph._window(values, *window)
+    shown = display_array(path, "dicom", 1024)
+    assert shown.shape == (700, 800)
+    np.testing.assert_array_equal(shown, expected)
+    assert int(shown.max()) - int(shown.min()) > 100

@@ -3,8 +3,10 @@ and the upload adopts that file (one write, one hash); past the size cap nothing
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,7 @@ def test_a_bad_raw_body_leaves_no_spilled_file(cast: Cast, settings: Any) -> Non
 def test_a_body_in_odd_pieces_is_hashed_in_blocks_to_the_same_digest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The hasher may fall behind: with one block allowed to wait, every later block waits for it.
+    # The lane may fall behind: with one block allowed to wait, every later block waits for it.
     monkeypatch.setattr("clinics.records.ingest.receive.MAX_BLOCKS_WAITING", 1)
     data = os.urandom(5 * BODY_BLOCK_SIZE + 12_345)
     body = HashedBody(max_size=1024 * 1024, limit=len(data), directory=tmp_path)
@@ -103,6 +105,42 @@ def test_a_body_in_odd_pieces_is_hashed_in_blocks_to_the_same_digest(
     assert received is not None
     assert received.sha256 == hashlib.sha256(data).hexdigest()
     assert received.size == len(data)
+    assert received.path.read_bytes() == data
+    body.close()
+    received.discard()
+
+
+def test_the_body_is_hashed_and_written_on_its_lane_not_on_the_servers_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("clinics.records.ingest.receive.MAX_BLOCKS_WAITING", 1)
+    absorbed_on: list[str] = []
+    absorb = HashedBody._absorb
+
+    def recording(self: HashedBody, pieces: list[bytes]) -> None:
+        absorbed_on.append(threading.current_thread().name)
+        absorb(self, pieces)
+
+    monkeypatch.setattr(HashedBody, "_absorb", recording)
+    data = os.urandom(4 * BODY_BLOCK_SIZE + 777)
+
+    async def as_the_loop_does() -> tuple[HashedBody, str]:
+        body = HashedBody(max_size=1024 * 1024, limit=len(data), directory=tmp_path)
+        for start in range(0, len(data), 65536):
+            body.write(data[start : start + 65536])
+            if body.backlogged:
+                await body.catch_up()
+        await body.complete()
+        return body, threading.current_thread().name
+
+    body, loop_thread = asyncio.run(as_the_loop_does())
+    assert len(absorbed_on) == 5  # four whole blocks and the rest
+    assert len(set(absorbed_on)) == 1  # one lane per body: its blocks in order
+    assert absorbed_on[0].startswith("xcaliber-body-")
+    assert absorbed_on[0] != loop_thread
+    received = body.adopt(content_type="application/dicom", filename="")
+    assert received is not None
+    assert received.sha256 == hashlib.sha256(data).hexdigest()
     assert received.path.read_bytes() == data
     body.close()
     received.discard()

@@ -9,7 +9,10 @@ display only and never reaches a storage key.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import itertools
 import os
 import tempfile
 import unicodedata
@@ -29,14 +32,21 @@ from xcaliber.lib.problems import Problem
 
 CHUNK_SIZE = 1024 * 1024
 # An ASGI server hands a body over in pieces of 64-256 KiB, on its event loop, which receives every
-# upload. Hashing them there would stop the loop for each piece (SHA-256 gives up the GIL while it runs,
-# then waits for it behind the request threads): the body file hands its pieces, in blocks of this size,
-# to one hasher thread instead, which hashes every body's blocks in the order they came (~2 GB/s, several
-# times what the network brings). A body keeps at most MAX_BLOCKS_WAITING blocks waiting for the hasher;
-# past that it waits for its oldest one, so a stalled hasher cannot pile a large upload up in memory.
+# upload and dispatches every request. Hashing and writing them there would stop the loop for each
+# piece: SHA-256 and the write to the page cache give up the GIL while they run, then wait for it
+# behind the request threads, and the loop's other bodies and responses wait too. So a body hands its
+# pieces, in blocks of this size, to one of BODY_LANES threads (a body always to the same one, so its
+# blocks stay in order), which hashes them and writes them to the body's file. A body keeps at most
+# MAX_BLOCKS_WAITING blocks waiting for its lane; the server's loop then awaits the oldest
+# (:meth:`HashedBody.catch_up`), so a stalled disk cannot pile a large upload up in memory.
 BODY_BLOCK_SIZE = 1024 * 1024
 MAX_BLOCKS_WAITING = 4
-_body_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xcaliber-body-hash")
+BODY_LANES = 2
+_body_lanes = [
+    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"xcaliber-body-{lane}")
+    for lane in range(BODY_LANES)
+]
+_next_lane = itertools.count()
 
 
 def upload_temp_dir() -> Path:
@@ -232,20 +242,17 @@ class RawFileParser(BaseParser):
         return {"file": received}
 
 
-def _hash_pieces(digest: Any, pieces: list[bytes]) -> None:
-    """Add ``pieces`` to the hashlib object ``digest``, in order."""
-    for piece in pieces:
-        digest.update(piece)
-
-
 class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
-    """A request body as the ASGI server delivers it: counted and hashed as it arrives (in blocks, on the
-    body hasher thread), spilled to a *named* file in the upload directory past ``max_size``, and capped
-    at ``limit`` bytes (the rest is dropped and ``overflow`` set, so a too-large upload cannot fill the
-    disk before it is refused). It holds at most a few blocks in memory, whatever the body's size.
+    """A request body as the ASGI server delivers it: counted as it arrives, hashed and written to a
+    *named* file in the upload directory by its lane thread once it passes a block (smaller bodies stay
+    in memory), and capped at ``limit`` bytes (the rest is dropped and ``overflow`` set, so a too-large
+    upload cannot fill the disk before it is refused). It holds at most a few blocks in memory, whatever
+    the body's size.
 
-    A raw upload's parser adopts the spilled file as the received file: the body is written to disk
-    once and hashed once, instead of being spooled by Django and then copied and hashed again.
+    The server's loop calls :meth:`write` for each piece, :meth:`catch_up` while :attr:`backlogged`, and
+    :meth:`complete` at the end; any other caller's first read, seek or tell waits for the lane itself.
+    A raw upload's parser adopts the file as the received file: the body is written to disk once and
+    hashed once, instead of being spooled by Django and then copied and hashed again.
     """
 
     def __init__(self, *, max_size: int, limit: int, directory: Path) -> None:
@@ -255,9 +262,11 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
         self.overflow = False
         self.path: Path | None = None
         self._digest = hashlib.sha256()
-        self._unhashed: list[bytes] = []  # pieces received, not yet handed to the hasher (< a block)
-        self._unhashed_size = 0
-        self._hashing: deque[Future[None]] = deque()  # blocks handed to the hasher, oldest first
+        self._lane = _body_lanes[next(_next_lane) % BODY_LANES]
+        self._pending: list[bytes] = []  # pieces received, not yet handed to the lane (< a block)
+        self._pending_size = 0
+        self._handed: deque[Future[None]] = deque()  # blocks handed to the lane, oldest first
+        self._spilling = False  # a block went to the lane: the body goes to disk
         self._adopted = False
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
@@ -265,15 +274,70 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
             self.overflow = True
             data = data[: max(0, self.limit - self.size)]
         self.size += len(data)
-        # Kept, not copied, until it is hashed: an immutable bytes object (what ASGI servers deliver).
-        self._unhashed.append(data if type(data) is bytes else bytes(data))
-        self._unhashed_size += len(data)
-        if self._unhashed_size >= BODY_BLOCK_SIZE:
-            while self._hashing and (self._hashing[0].done() or len(self._hashing) >= MAX_BLOCKS_WAITING):
-                self._hashing.popleft().result()
-            self._hashing.append(_body_hasher.submit(_hash_pieces, self._digest, self._unhashed))
-            self._unhashed, self._unhashed_size = [], 0
-        return super().write(data)
+        # Kept, not copied, until the lane takes it: an immutable bytes object (what ASGI servers deliver).
+        self._pending.append(data if type(data) is bytes else bytes(data))
+        self._pending_size += len(data)
+        if self._pending_size >= BODY_BLOCK_SIZE:
+            while len(self._handed) >= MAX_BLOCKS_WAITING:  # only without an awaiting caller
+                self._handed.popleft().result()
+            self._hand_over()
+        return len(data)
+
+    def _hand_over(self) -> None:
+        pieces, self._pending, self._pending_size = self._pending, [], 0
+        while self._handed and self._handed[0].done():
+            self._handed.popleft().result()  # a failed write surfaces here
+        self._spilling = True
+        self._handed.append(self._lane.submit(self._absorb, pieces))
+
+    def _absorb(self, pieces: list[bytes]) -> None:
+        """On the lane: hash ``pieces`` and write them to the body's file, in order."""
+        self.rollover()
+        for piece in pieces:
+            self._digest.update(piece)
+            self._file.write(piece)
+
+    @property
+    def backlogged(self) -> bool:
+        return len(self._handed) >= MAX_BLOCKS_WAITING
+
+    async def catch_up(self) -> None:
+        """Wait, without blocking the loop, until fewer than MAX_BLOCKS_WAITING blocks wait."""
+        while len(self._handed) >= MAX_BLOCKS_WAITING:
+            await asyncio.wrap_future(self._handed.popleft())
+
+    async def complete(self) -> None:
+        """The body is in: hand the rest over and wait, without blocking the loop, for the lane."""
+        if self._spilling and self._pending:
+            self._hand_over()
+        while self._handed:
+            await asyncio.wrap_future(self._handed.popleft())
+        self._settle()
+
+    def _settle(self) -> None:
+        """Every piece hashed and in the file (or, for a body under a block, in memory)."""
+        if self._spilling and self._pending:
+            self._hand_over()
+        while self._handed:
+            self._handed.popleft().result()
+        if self._pending:  # a small body: in memory, hashed here
+            pieces, self._pending, self._pending_size = self._pending, [], 0
+            for piece in pieces:
+                self._digest.update(piece)
+                super().write(piece)
+
+    def seek(self, *args: Any) -> int:
+        self._settle()
+        return super().seek(*args)
+
+    def tell(self) -> int:
+        self._settle()
+        return super().tell()
+
+    def read(self, *args: Any) -> bytes:
+        self._settle()
+        data: bytes = super().read(*args)
+        return data
 
     def rollover(self) -> None:
         # SpooledTemporaryFile's private state (stable since 3.x): ``_rolled``, ``_file`` (a BytesIO until
@@ -291,15 +355,13 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
 
     @property
     def sha256(self) -> str:
-        """The body's SHA-256; waits for the blocks still on the hasher (read it once the body is in)."""
-        while self._hashing:
-            self._hashing.popleft().result()
-        _hash_pieces(self._digest, self._unhashed)
-        self._unhashed, self._unhashed_size = [], 0
+        """The body's SHA-256; waits for the lane (read it once the body is in)."""
+        self._settle()
         return self._digest.hexdigest()
 
     def adopt(self, *, content_type: str, filename: str) -> ReceivedFile | None:
         """The spilled body as a received file that outlives the request (None if it stayed in memory)."""
+        self._settle()
         if self.path is None or self.overflow:
             return None
         self._file.flush()
@@ -313,6 +375,12 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
         )
 
     def close(self) -> None:
+        for handed in self._handed:
+            handed.cancel()
+        while self._handed:  # let a block being written finish before the file closes
+            with contextlib.suppress(Exception):
+                self._handed.popleft().result()
+        self._pending = []
         super().close()
         if self.path is not None and not self._adopted:
             self.path.unlink(missing_ok=True)
