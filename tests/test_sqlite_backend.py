@@ -223,21 +223,38 @@ def test_a_forked_child_does_not_take_its_parents_connections(
 # ---------------------------------------------------------------------------- writer queue
 
 
+def _writer_a_holding(
+    wrapper: Wrapper,
+    *,
+    holds: threading.Event,
+    until: threading.Event,
+    errors: list[BaseException],
+    committed: threading.Event | None = None,
+) -> threading.Thread:
+    """Start writer "a": it inserts "a" in a transaction, sets ``holds`` and commits once ``until`` is
+    set (then sets ``committed``). A failure goes to ``errors`` and still sets ``holds``."""
+
+    def writer_a() -> None:
+        try:
+            with _registered(wrapper("a")) as a:
+                with transaction.atomic(using="a"):
+                    _insert(a, "a")
+                    holds.set()
+                    assert until.wait(WAIT)
+                if committed is not None:
+                    committed.set()
+        except BaseException as exc:
+            errors.append(exc)
+            holds.set()
+
+    return _thread(writer_a)
+
+
 def test_a_second_writer_waits_for_the_first_and_begins_once_it_commits(wrapper: Wrapper) -> None:
     a_holds, a_may_commit, b_trying = threading.Event(), threading.Event(), threading.Event()
     b_done = threading.Event()
     seen_by_b: list[list[str]] = []
     errors: list[BaseException] = []
-
-    def writer_a() -> None:
-        try:
-            with _registered(wrapper("a")) as a, transaction.atomic(using="a"):
-                _insert(a, "a")
-                a_holds.set()
-                assert a_may_commit.wait(WAIT)
-        except BaseException as exc:
-            errors.append(exc)
-            a_holds.set()
 
     def writer_b() -> None:
         try:
@@ -256,7 +273,7 @@ def test_a_second_writer_waits_for_the_first_and_begins_once_it_commits(wrapper:
             errors.append(exc)
             b_trying.set()
 
-    thread_a = _thread(writer_a)
+    thread_a = _writer_a_holding(wrapper, holds=a_holds, until=a_may_commit, errors=errors)
     assert a_holds.wait(WAIT)
     thread_b = _thread(writer_b)
     assert b_trying.wait(WAIT)
@@ -279,18 +296,6 @@ def test_a_writer_that_waits_longer_than_the_timeout_fails_and_writes_nothing(wr
     outcome: list[BaseException] = []
     errors: list[BaseException] = []
 
-    def writer_a() -> None:
-        try:
-            with _registered(wrapper("a")) as a:
-                with transaction.atomic(using="a"):
-                    _insert(a, "a")
-                    a_holds.set()
-                    assert b_failed.wait(WAIT)  # longer than B's 1 s timeout
-                a_committed.set()
-        except BaseException as exc:
-            errors.append(exc)
-            a_holds.set()
-
     def writer_b() -> None:
         try:
             with _registered(wrapper("b")) as b:
@@ -308,7 +313,8 @@ def test_a_writer_that_waits_longer_than_the_timeout_fails_and_writes_nothing(wr
             errors.append(exc)
             b_failed.set()
 
-    thread_a = _thread(writer_a)
+    # A holds the lock longer than B's 1 s timeout: until B has failed.
+    thread_a = _writer_a_holding(wrapper, holds=a_holds, until=b_failed, errors=errors, committed=a_committed)
     assert a_holds.wait(WAIT)
     thread_b = _thread(writer_b)
     thread_b.join(WAIT)
