@@ -18,8 +18,13 @@ from clinics.webhooks.tasks import sweeper_start  # noqa: E402
 from inference.reads.dispatch import embedded_worker  # noqa: E402
 from referrals.sla import referrals_flag_overdue  # noqa: E402
 from xcaliber.asgi_handler import UploadAwareASGIHandler  # noqa: E402
+from xcaliber.lib.allocator import keep_freed_buffers  # noqa: E402
 from xcaliber.lib.background import every, submit  # noqa: E402
 from xcaliber.routing import UnknownRouteConsumer, websocket_urlpatterns  # noqa: E402
+
+if settings.XCALIBER["KEEP_FREED_BUFFERS"]:
+    # Upload bodies pass through in mebibyte pieces: reuse their memory rather than map it anew each time.
+    keep_freed_buffers()
 
 django_asgi_app = UploadAwareASGIHandler()
 

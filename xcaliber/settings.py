@@ -108,7 +108,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "xcaliber.middleware.StaticFilesMiddleware",  # WhiteNoise, without its thread hops under ASGI
     "django.middleware.common.CommonMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -321,6 +321,8 @@ XCALIBER = {
     "THUMBNAIL_MAX_SIDE": env_int("XCALIBER_THUMBNAIL_MAX_SIDE", 256, minimum=32),
     # Previews are rendered in a child process of the server (clinics.records.render); 0: on its thread.
     "PREVIEW_PROCESS": env_bool("XCALIBER_PREVIEW_PROCESS", True),
+    # The server and its preview process keep freed buffers for reuse (xcaliber.lib.allocator; glibc only).
+    "KEEP_FREED_BUFFERS": env_bool("XCALIBER_KEEP_FREED_BUFFERS", True),
     # AI reads: the worker claims up to READ_BATCH_MAX queued reads at once, waiting READ_BATCH_WINDOW_MS
     # after a wake-up for more to arrive; a claimed read is leased for READ_LEASE_SECONDS and failed after
     # READ_MAX_ATTEMPTS claims. Heatmap overlays are PNGs of at most HEATMAP_MAX_SIDE pixels.

@@ -30,6 +30,7 @@ from pathlib import Path
 from django.conf import settings
 
 from clinics.records import previews
+from xcaliber.lib.allocator import keep_freed_buffers
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,13 @@ _executor: ProcessPoolExecutor | None = None
 PARENT_CHECK_SECONDS = 1.0
 
 
-def _child_start(parent: int) -> None:
+def _child_start(parent: int, keep_buffers: bool) -> None:
     """The child's initializer: below the server's CPU priority (POSIX; elsewhere as it is), and gone
     once the server is. A server that exits without shutting the pool down (killed, or ``os._exit``)
-    would otherwise leave the child waiting on its queue forever, orphaned."""
+    would otherwise leave the child waiting on its queue forever, orphaned. Each preview decodes a frame
+    of megabytes: with ``keep_buffers`` their memory is reused, not mapped anew (xcaliber.lib.allocator)."""
+    if keep_buffers:
+        keep_freed_buffers()
     if hasattr(os, "nice"):
         # A sandbox that forbids it: previews still work, at normal priority.
         with contextlib.suppress(OSError):
@@ -78,7 +82,7 @@ def _pool() -> ProcessPoolExecutor:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_child_start,
-                initargs=(os.getpid(),),
+                initargs=(os.getpid(), bool(settings.XCALIBER["KEEP_FREED_BUFFERS"])),
             )
         return _executor
 
