@@ -19,7 +19,7 @@ import pathlib
 import struct
 import zipfile
 import zlib
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pydicom
@@ -32,6 +32,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
+    DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -640,6 +641,15 @@ def jpeg_zip_polyglot() -> bytes:
         zf.writestr("payload.sh", "#!/bin/sh\necho pwned\n")
         zf.writestr("../../escape.txt", "zip-slip")
     return jpeg_bytes() + buf.getvalue()
+
+
+def dicom_deflated(**kwargs: Any) -> bytes:
+    """A DX instance in Deflated Explicit VR Little Endian: the whole data set zlib-compressed."""
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(**kwargs)))
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def dicom_without_pixels() -> bytes:

@@ -37,6 +37,12 @@ RASTER_CASES: dict[str, tuple[Callable[[], bytes], str, int, str]] = {
     "dicom_without_pixels": (corpus.dicom_without_pixels, "application/dicom", 422, "dicom_no_pixel_data"),
     "dicom_absurd_dimensions": (corpus.dicom_absurd_dimensions, "application/dicom", 422, "image_too_large"),
     "dicomdir": (corpus.dicomdir_bytes, "application/dicom", 422, "dicomdir_refused"),
+    "dicom_deflated": (
+        corpus.dicom_deflated,
+        "application/dicom",
+        415,
+        "dicom_transfer_syntax_unsupported",
+    ),
     "dicom_palette_color": (
         lambda: corpus.dicom_unsupported_photometric("PALETTE COLOR"),
         "application/dicom",

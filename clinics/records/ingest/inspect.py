@@ -14,15 +14,17 @@ from __future__ import annotations
 import warnings
 import zipfile
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, BinaryIO
 
 import pydicom
 from django.conf import settings
 from PIL import Image as PILImage
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import UID
+from pydicom.tag import Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from clinics.records.ingest.receive import ReceivedFile
 from xcaliber.lib.problems import Problem
@@ -249,16 +251,46 @@ def _as_int(dataset: pydicom.Dataset, keyword: str, default: int | None = None) 
         ) from None
 
 
-def inspect_dicom(received: ReceivedFile) -> Inspected:
-    caps = settings.XCALIBER
+_UNREADABLE = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, OverflowError)
+
+
+def _unreadable(exc: Exception) -> Rejected:
+    return _dicom_reject(f"The file is not a readable DICOM Part 10 file: {exc}", "dicom_invalid")
+
+
+def _refuse_deflated(received: ReceivedFile) -> None:
+    """A deflated data set (the whole header and pixel data zlib-compressed) is refused from its file meta,
+    before anything inflates it: pydicom would inflate all of it in memory to read even the header, so a
+    small file could expand to gigabytes. Radiographs compress their pixel data instead (JPEG, RLE)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            header = pydicom.dcmread(received.path, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        meta = read_file_meta_info(received.path)
+    except _UNREADABLE as exc:
+        raise _unreadable(exc) from None
+    if meta.get("TransferSyntaxUID", "") == DeflatedExplicitVRLittleEndian:
         raise _dicom_reject(
-            f"The file is not a readable DICOM Part 10 file: {exc}", "dicom_invalid"
-        ) from None
+            f"Transfer syntax {DeflatedExplicitVRLittleEndian} ({DeflatedExplicitVRLittleEndian.name}) is "
+            "not accepted: the whole data set would be inflated before it could be checked. Send it "
+            "uncompressed, or with its pixel data compressed (JPEG, JPEG-LS, JPEG 2000, RLE).",
+            "dicom_transfer_syntax_unsupported",
+            415,
+        )
+
+
+def inspect_dicom(received: ReceivedFile) -> Inspected:
+    _refuse_deflated(received)
+    with received.open() as handle:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # Left at the pixel data element, where _check_pixel_data reads on (one pass over the file).
+                header = pydicom.dcmread(handle, stop_before_pixels=True)
+        except _UNREADABLE as exc:
+            raise _unreadable(exc) from None
+        return _inspect_header(received, header, handle)
+
+
+def _inspect_header(received: ReceivedFile, header: pydicom.FileDataset, handle: BinaryIO) -> Inspected:
+    caps = settings.XCALIBER
     meta = header.file_meta
     sop_class = str(meta.get("MediaStorageSOPClassUID", "") or header.get("SOPClassUID", ""))
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in header:
@@ -312,7 +344,9 @@ def inspect_dicom(received: ReceivedFile) -> Inspected:
             "dicom_transfer_syntax_unsupported",
             415,
         )
-    _check_pixel_data(received, syntax, expected=rows * columns * frames * samples * (bits // 8))
+    _check_pixel_data(
+        received, header, handle, syntax, expected=rows * columns * frames * samples * (bits // 8)
+    )
     return Inspected(
         source="dicom",
         width=columns,
@@ -331,12 +365,27 @@ def inspect_dicom(received: ReceivedFile) -> Inspected:
     )
 
 
-def _check_pixel_data(received: ReceivedFile, syntax: UID, *, expected: int) -> None:
+def _elements_from_pixel_data(
+    received: ReceivedFile, header: pydicom.FileDataset, handle: BinaryIO, syntax: UID
+) -> pydicom.Dataset:
+    """The pixel data element (its value deferred, not loaded) and whatever follows it, read on from
+    ``handle``, which the header's read left at the element (deflated data sets, where positions in the
+    file would mean nothing, were refused before). Without a known encoding, the file is read again."""
+    implicit_vr, little_endian = header.original_encoding
+    if implicit_vr is None or little_endian is None:
+        return pydicom.dcmread(received.path, defer_size=256, specific_tags=list(_PIXEL_KEYWORDS))
+    tags = [Tag(keyword) for keyword in _PIXEL_KEYWORDS]
+    return read_dataset(handle, implicit_vr, little_endian, defer_size=256, specific_tags=list(tags))
+
+
+def _check_pixel_data(
+    received: ReceivedFile, header: pydicom.FileDataset, handle: BinaryIO, syntax: UID, *, expected: int
+) -> None:
     """Locate the pixel data element without loading it and check its length against the header."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            located = pydicom.dcmread(received.path, defer_size=256, specific_tags=list(_PIXEL_KEYWORDS))
+            located = _elements_from_pixel_data(received, header, handle, syntax)
     except Exception as exc:  # pydicom raises assorted errors on damaged element streams
         raise _dicom_reject(f"The DICOM element stream is damaged: {exc}", "dicom_invalid") from None
     present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in located]

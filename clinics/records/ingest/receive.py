@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
@@ -82,7 +82,7 @@ class ReceivedFile:
     filename: str = ""
     content_type: str = ""
 
-    def open(self) -> IO[bytes]:
+    def open(self) -> BinaryIO:
         return self.path.open("rb")
 
     def head(self, size: int = 4096) -> bytes:
