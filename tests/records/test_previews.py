@@ -322,6 +322,7 @@ def test_a_background_thread_renders_in_a_child_process_below_the_uploads_priori
     assert child != os.getpid()
     if sys.platform.startswith("linux"):
         assert os.getpriority(os.PRIO_PROCESS, child) >= render.DERIVATIVES_NICENESS
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE  # only the cores nothing else wants
     # One child serves every preview.
     _render_on_a_thread(path)
     assert render.child_pids() == [child]
