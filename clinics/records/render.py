@@ -6,9 +6,8 @@ milliseconds per image, and meanwhile the event loop and every request thread wa
 uploads, previews made the uploads slower. Here the background thread hands the file's path to one
 child process and waits for the JPEG bytes, without the lock; the child runs at nice
 ``DERIVATIVES_NICENESS`` and, on Linux, in the idle scheduling class, so it takes the CPU the uploads
-leave. A decoder that crashes takes down
-the child, not the server: the next preview starts a new child. The child leaves with the server, however
-the server ends.
+leave. A decoder that crashes takes down the child, not the server: the next preview starts a new child.
+The child leaves with the server, however the server ends.
 
 The child starts with the first preview (``spawn``: a fresh interpreter that imports only the
 rendering code, no Django) and lives as long as the server. It applies to background threads of

@@ -7,8 +7,9 @@ default glibc serves a block of 128 KiB or more with its own ``mmap`` and frees 
 kernel as soon as twice that threshold is free there. Either way the next piece lands on memory that is
 new to the process, which the kernel maps and zero-fills page by page. Measured with
 ``bench/ingest.py`` (200 files of 6.4 MB, 4 clients): about 470 to 690 minor page faults per upload in
-the server process by default, 12 with :func:`keep_freed_buffers`, and 5 to 17 % more uploads per
-second. On a virtual machine whose host reclaims the guest's idle memory those faults are dearer still.
+the server process by default, 10 to 25 with :func:`keep_freed_buffers`, and in runs alternated with and
+without it 6 % more uploads per second on average (single runs vary by 15 %). On a virtual machine whose
+host reclaims the guest's idle memory those faults are dearer still.
 
 Fixing both thresholds (which also turns glibc's own adjustment off) keeps such blocks in the heap,
 where the next upload reuses them. The cost is memory that stays with the process: up to

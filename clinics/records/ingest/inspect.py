@@ -366,7 +366,7 @@ def _inspect_header(received: ReceivedFile, header: pydicom.FileDataset, handle:
 
 
 def _elements_from_pixel_data(
-    received: ReceivedFile, header: pydicom.FileDataset, handle: BinaryIO, syntax: UID
+    received: ReceivedFile, header: pydicom.FileDataset, handle: BinaryIO
 ) -> pydicom.Dataset:
     """The pixel data element (its value deferred, not loaded) and whatever follows it, read on from
     ``handle``, which the header's read left at the element (deflated data sets, where positions in the
@@ -385,7 +385,7 @@ def _check_pixel_data(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            located = _elements_from_pixel_data(received, header, handle, syntax)
+            located = _elements_from_pixel_data(received, header, handle)
     except Exception as exc:  # pydicom raises assorted errors on damaged element streams
         raise _dicom_reject(f"The DICOM element stream is damaged: {exc}", "dicom_invalid") from None
     present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in located]
