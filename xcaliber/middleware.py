@@ -181,7 +181,7 @@ class ContentSecurityPolicyMiddleware(_SyncAndAsyncMiddleware):
         return response
 
 
-class StaticFilesMiddleware(WhiteNoiseMiddleware):
+class StaticFilesMiddleware(_SyncAndAsyncMiddleware, WhiteNoiseMiddleware):
     """WhiteNoise's static files, in whichever mode the stack around it uses.
 
     WhiteNoise's own middleware is sync-only. Under ASGI, Django ran the middleware outside it in a
@@ -191,19 +191,14 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
     opening it (and, with ``WHITENOISE_AUTOREFRESH``, finding it) touches the disk.
     """
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: GetResponse | AsyncGetResponse) -> None:
-        super().__init__(get_response)
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+        WhiteNoiseMiddleware.__init__(self, get_response)  # the static files it serves
+        _SyncAndAsyncMiddleware.__init__(self, get_response)  # the mode it runs in
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self._acall(request)
-        return super().__call__(request)
+        return WhiteNoiseMiddleware.__call__(self, request)
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         if self.autorefresh:
@@ -212,4 +207,4 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
             static_file = self.files.get(request.path_info)  # built at start-up: memory only
         if static_file is not None:
             return await sync_to_async(self.serve)(static_file, request)  # type: ignore[no-any-return]
-        return await self.get_response(request)  # type: ignore[no-any-return]  # async chain here
+        return await self.get_response(request)  # type: ignore[misc,no-any-return]  # async chain here

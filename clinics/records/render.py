@@ -108,6 +108,17 @@ def render(path: Path, source: str, *, preview_side: int, thumbnail_side: int) -
     replaced and the image tried once more; a second death raises ``BrokenProcessPool``."""
     if not in_child_process():
         return previews.render(path, source, preview_side=preview_side, thumbnail_side=thumbnail_side)
+    try:
+        return _render_in_child(path, source, preview_side=preview_side, thumbnail_side=thumbnail_side)
+    except BrokenProcessPool:
+        logger.warning("the preview process died rendering %s; trying once more in a new one", path)
+    return _render_in_child(path, source, preview_side=preview_side, thumbnail_side=thumbnail_side)
+
+
+def _render_in_child(
+    path: Path, source: str, *, preview_side: int, thumbnail_side: int
+) -> previews.Derivatives:
+    """One try in the child process; a child that died is discarded, so the next call starts a new one."""
     pool = _pool()
     try:
         return pool.submit(
@@ -115,12 +126,7 @@ def render(path: Path, source: str, *, preview_side: int, thumbnail_side: int) -
         ).result()
     except BrokenProcessPool:
         _discard(pool)
-        logger.warning("the preview process died rendering %s; trying once more in a new one", path)
-    return (
-        _pool()
-        .submit(previews.render, path, source, preview_side=preview_side, thumbnail_side=thumbnail_side)
-        .result()
-    )
+        raise
 
 
 def child_pids() -> list[int]:

@@ -365,15 +365,13 @@ def _inspect_header(received: ReceivedFile, header: pydicom.FileDataset, handle:
     )
 
 
-def _elements_from_pixel_data(
-    received: ReceivedFile, header: pydicom.FileDataset, handle: BinaryIO
-) -> pydicom.Dataset:
+def _elements_from_pixel_data(header: pydicom.FileDataset, handle: BinaryIO) -> pydicom.Dataset:
     """The pixel data element (its value deferred, not loaded) and whatever follows it, read on from
     ``handle``, which the header's read left at the element (deflated data sets, where positions in the
-    file would mean nothing, were refused before). Without a known encoding, the file is read again."""
+    file would mean nothing, were refused before)."""
     implicit_vr, little_endian = header.original_encoding
-    if implicit_vr is None or little_endian is None:
-        return pydicom.dcmread(received.path, defer_size=256, specific_tags=list(_PIXEL_KEYWORDS))
+    assert implicit_vr is not None  # dcmread sets both
+    assert little_endian is not None
     tags = [Tag(keyword) for keyword in _PIXEL_KEYWORDS]
     return read_dataset(handle, implicit_vr, little_endian, defer_size=256, specific_tags=list(tags))
 
@@ -385,7 +383,7 @@ def _check_pixel_data(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            located = _elements_from_pixel_data(received, header, handle)
+            located = _elements_from_pixel_data(header, handle)
     except Exception as exc:  # pydicom raises assorted errors on damaged element streams
         raise _dicom_reject(f"The DICOM element stream is damaged: {exc}", "dicom_invalid") from None
     present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in located]
