@@ -1,10 +1,16 @@
-"""Django's ASGI handler with one change: raw file uploads are hashed and spilled as they arrive."""
+"""Django's ASGI handler with two changes: raw file uploads are hashed and spilled as they arrive, and
+requests run their synchronous code on reused threads."""
 
 from __future__ import annotations
 
 import contextvars
+import itertools
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from asgiref.sync import ThreadSensitiveContext
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 
@@ -13,10 +19,101 @@ from clinics.records.ingest.receive import hashed_body_for
 _scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("asgi_scope")
 
 
+class _RequestThread(ThreadPoolExecutor):
+    """One thread that knows when nothing it was given is still queued or running."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name)
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._when_idle: Callable[[], None] | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            self._pending += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._one_done)  # before the caller's own callbacks: counted first
+        return future
+
+    def _one_done(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._pending -= 1
+            then = self._when_idle if self._pending == 0 else None
+            if then is not None:
+                self._when_idle = None
+        if then is not None:
+            then()
+
+    def when_idle(self, then: Callable[[], None]) -> None:
+        """Call ``then`` now if nothing is queued or running, else once the last of it is done."""
+        with self._lock:
+            if self._pending:
+                self._when_idle = then
+                return
+        then()
+
+
+class RequestThreads:
+    """Single-thread executors for requests' synchronous code (views, ORM), reused between requests.
+
+    Django runs each request's sync code in a new thread, inside a ``ThreadSensitiveContext`` that
+    shuts the thread down afterwards through yet another thread: two thread starts per request, and
+    ``Thread.start`` blocks the server's loop until the new thread has run, which under load means
+    until it gets the interpreter lock. A sixth of the loop's samples during a burst of uploads sat
+    there. Here a request takes an idle executor (one thread, so thread-sensitive calls of one request
+    still share a thread and its database connection) and hands it back when the request is over. An
+    executor is lent again only once everything given to it has run (a view still running after its
+    client left keeps its thread until it ends); at most ``keep`` idle ones are kept.
+    """
+
+    def __init__(self, keep: int = 32) -> None:
+        self.keep = keep
+        self._idle: list[_RequestThread] = []
+        self._lock = threading.Lock()
+        self._numbers = itertools.count()
+
+    def take(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _RequestThread(f"xcaliber-request-{next(self._numbers)}")
+
+    def give_back(self, executor: ThreadPoolExecutor) -> None:
+        """Lend ``executor`` to the next request once what it was given has run."""
+        assert isinstance(executor, _RequestThread)
+
+        def park() -> None:
+            with self._lock:
+                if len(self._idle) < self.keep:
+                    self._idle.append(executor)
+                    return
+            executor.shutdown(wait=False)
+
+        executor.when_idle(park)
+
+    def idle(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+
+request_threads = RequestThreads()
+
+
 class UploadAwareASGIHandler(ASGIHandler):
     """Django's ASGI handler, except that a raw file upload's body is hashed as it arrives and spilled to
     a named file in the upload directory, which the upload parser then adopts (one write, one hash).
-    The hashing and writing happen on the body's lane thread, never on the server's loop."""
+    The hashing and writing happen on the body's lane thread, never on the server's loop. Each request's
+    synchronous code runs on a thread of :data:`request_threads`, not on a new one."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        executor = request_threads.take()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            request_threads.give_back(executor)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         _scope.set(scope)

@@ -1,7 +1,8 @@
 """Request middleware: request ids, access log, HTTP metrics, static files and the content security policy.
 
 Every class here works in Django's sync and async chains (uvicorn runs the async one), so adding them
-costs no thread hop.
+costs no thread hop. Django's own security, common and clickjacking middleware, listed in the settings
+under their own names, have their hooks called on the server's loop too (``HOOKS_ON_THE_LOOP``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
+from django.middleware import clickjacking, common, security
+from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware  # type: ignore[import-untyped]
 
 from xcaliber import observability
@@ -208,3 +211,36 @@ class StaticFilesMiddleware(_SyncAndAsyncMiddleware, WhiteNoiseMiddleware):
         if static_file is not None:
             return await sync_to_async(self.serve)(static_file, request)  # type: ignore[no-any-return]
         return await self.get_response(request)  # type: ignore[misc,no-any-return]  # async chain here
+
+
+async def _hooks_inline_acall(self: Any, request: HttpRequest) -> HttpResponseBase:
+    response = None
+    if hasattr(self, "process_request"):
+        response = self.process_request(request)
+    response = response or await self.get_response(request)
+    if hasattr(self, "process_response"):
+        response = self.process_response(request, response)
+    return response  # type: ignore[no-any-return]
+
+
+def _hooks_inline_call(self: Any, request: HttpRequest) -> Any:
+    if self.async_mode:
+        return _hooks_inline_acall(self, request)
+    return MiddlewareMixin.__call__(self, request)
+
+
+# Django middleware whose hooks only read the request and the settings and set headers (no database, no
+# file, no network). Under ASGI, ``MiddlewareMixin`` hands each ``process_request`` and
+# ``process_response`` to the request's thread and back through ``sync_to_async``: five hand-offs for
+# these three on every request, each waiting for the interpreter lock twice, for a few header checks.
+# Their hooks are called inline on the server's loop instead. They stay listed in MIDDLEWARE under
+# Django's own names, which ``manage.py check --deploy`` looks for. A class that no longer uses
+# MiddlewareMixin's ``__call__`` (a Django upgrade) is left as it is.
+HOOKS_ON_THE_LOOP = (
+    security.SecurityMiddleware,
+    common.CommonMiddleware,
+    clickjacking.XFrameOptionsMiddleware,
+)
+for _middleware in HOOKS_ON_THE_LOOP:
+    if _middleware.__call__ is MiddlewareMixin.__call__:
+        _middleware.__call__ = _hooks_inline_call  # type: ignore[method-assign]
