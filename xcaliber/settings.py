@@ -106,6 +106,8 @@ INSTALLED_APPS = [
     "referrals",
 ]
 
+# Django's security, common and clickjacking middleware keep their names here (``check --deploy`` looks for
+# them); under ASGI their hooks run on the server's loop (xcaliber.middleware.HOOKS_ON_THE_LOOP).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "xcaliber.middleware.StaticFilesMiddleware",  # WhiteNoise, without its thread hops under ASGI
