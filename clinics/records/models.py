@@ -153,8 +153,10 @@ class DerivativeStatus(models.TextChoices):
 class Image(models.Model):
     """One stored radiograph (a DICOM instance or a photo/export), with its preview and thumbnail.
 
-    Identical bytes in one study are one image (``sha256``), and a DICOM SOP instance is one image per
-    clinic (``sop_instance_uid``). Storage keys are generated from ids, never from a client's filename.
+    Identical bytes in one study are one image (``digest``, ``blake3:<hex>``; an image stored before
+    BLAKE3 whose object could not be read at the upgrade keeps ``sha256:<hex>``), and a DICOM SOP instance
+    is one image per clinic (``sop_instance_uid``). Storage keys are generated from ids, never from a
+    client's filename.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -163,7 +165,11 @@ class Image(models.Model):
     source = models.CharField(max_length=8, choices=ImageSource.choices)
     media_type = models.CharField(max_length=64)
     storage_key = models.CharField(max_length=300, unique=True)
-    sha256 = models.CharField(max_length=64)
+    digest = models.CharField(
+        max_length=80,
+        help_text="Content digest of the stored bytes: blake3:<64 hex digits> (BLAKE3-256). Identical bytes "
+        "in one study are one image.",
+    )
     size_bytes = models.BigIntegerField()
     original_filename = models.CharField(max_length=255, blank=True)
     width = models.PositiveIntegerField()
@@ -188,7 +194,7 @@ class Image(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["study", "sha256"], name="image_bytes_unique_per_study"),
+            models.UniqueConstraint(fields=["study", "digest"], name="image_bytes_unique_per_study"),
             models.UniqueConstraint(
                 fields=["clinic", "sop_instance_uid"],
                 condition=~models.Q(sop_instance_uid=""),

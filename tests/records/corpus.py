@@ -21,6 +21,7 @@ import zipfile
 import zlib
 from typing import Any, Final
 
+import blake3
 import numpy as np
 import pydicom
 import pydicom.data
@@ -123,6 +124,11 @@ _MALFORMED_PYDICOM_FILES: Final[dict[str, str]] = {
     "empty_charset_LEI.dcm": "near-empty dataset with an empty Specific Character Set, no pixels",
 }
 """pydicom test files (in the wheel) that are broken or carry no image, with why."""
+
+
+def blake3_digest(data: bytes) -> str:
+    """The content digest the server must give ``data``, computed here with the blake3 package itself."""
+    return "blake3:" + blake3.blake3(data).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------

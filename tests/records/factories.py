@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import uuid
 
@@ -13,6 +12,7 @@ from PIL import Image as PILImage
 from clinics.records import storage
 from clinics.records.models import DerivativeStatus, Image, Patient, Study, StudyStatus
 from clinics.tenancy.models import Clinic
+from tests.records import corpus
 
 
 def png_of(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
@@ -55,7 +55,7 @@ def make_image(study: Study, *, seed: int = 0, with_previews: bool = True) -> Im
         source="png",
         media_type="image/png",
         storage_key=key,
-        sha256=hashlib.sha256(data).hexdigest(),
+        digest=corpus.blake3_digest(data),
         size_bytes=len(data),
         width=64,
         height=48,

@@ -286,7 +286,7 @@ def test_a_file_sent_straight_to_s3_becomes_an_image_of_the_study(
     assert body["upload"]["status"] == "completed"
     image = Image.objects.get(id=body["upload"]["image"]["id"])
     assert (image.study_id, image.source, image.bits, image.size_bytes) == (study.id, source, bits, len(data))
-    assert image.sha256 == hashlib.sha256(data).hexdigest()
+    assert image.digest == corpus.blake3_digest(data)
     assert image.original_filename == "thorax.dcm"
     study_prefix = f"clinics/{cast.clinic.id}/studies/{study.id}/"
     assert image.storage_key.startswith(study_prefix)

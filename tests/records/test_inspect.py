@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ def _received(tmp_path: Path, data: bytes) -> ReceivedFile:
     path = tmp_path / "upload.dcm"
     path.write_bytes(data)
     return ReceivedFile(
-        path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest(), content_type="application/dicom"
+        path=path, size=len(data), digest=corpus.blake3_digest(data), content_type="application/dicom"
     )
 
 

@@ -101,7 +101,7 @@ class ImageOutputSerializer(serializers.ModelSerializer[Image]):
     class Meta:
         model = Image
         fields: tuple[str, ...] = (
-            "id", "study", "source", "media_type", "size_bytes", "sha256", "original_filename", "width",
+            "id", "study", "source", "media_type", "size_bytes", "digest", "original_filename", "width",
             "height", "bits", "frames", "photometric", "view", "sop_instance_uid", "series_instance_uid",
             "sop_class_uid", "transfer_syntax_uid", "dicom_metadata", "preview_status", "preview_error",
             "links", "created_at",

@@ -89,7 +89,7 @@ def image_fields(received: ReceivedFile, facts: Inspected, *, view: str) -> dict
     return {
         "source": facts.source,
         "media_type": facts.media_type,
-        "sha256": received.sha256,
+        "digest": received.digest,
         "size_bytes": received.size,
         "original_filename": received.filename,
         "width": facts.width,
@@ -123,7 +123,7 @@ def _store_image(
     sop = fields["sop_instance_uid"]
 
     def find() -> Image | None:  # only after the insert was refused: these bytes or this instance exist
-        same_bytes = Image.objects.filter(study=study, sha256=received.sha256).first()
+        same_bytes = Image.objects.filter(study=study, digest=received.digest).first()
         if same_bytes is not None or not sop:
             return same_bytes
         return Image.objects.filter(clinic=actor.clinic, sop_instance_uid=sop).first()

@@ -204,10 +204,10 @@ class ClinicAPIView(_KernelView):
 
 
 def _body_parts(request: Request) -> Iterator[str]:
-    """The parsed body as fingerprint parts: fields as canonical JSON, files by their SHA-256."""
+    """The parsed body as fingerprint parts: fields as canonical JSON, files by their content digest."""
 
     def describe(value: Any) -> str:
-        digest = getattr(value, "sha256", None)
+        digest = getattr(value, "digest", None)
         if isinstance(digest, str):
             return f"file:{getattr(value, 'filename', '') or getattr(value, 'name', '')}:{digest}"
         return json.dumps(value, sort_keys=True, default=str)
