@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from inference.models import Finding, ModelVersion, ModelVersionStatus, Read, ReadStatus, Verdict
 from inference.vocabulary import UnknownFinding, vocabulary
+from xcaliber.lib.serializers import ModelSerializer
 
 
 class ModelSummaryOutputSerializer(serializers.Serializer[Any]):
@@ -31,7 +32,7 @@ class FindingFeedbackOutputSerializer(serializers.Serializer[Any]):
         return finding.verdict_by.email if finding.verdict_by else None
 
 
-class ReadFindingOutputSerializer(serializers.ModelSerializer[Finding]):
+class ReadFindingOutputSerializer(ModelSerializer[Finding]):
     display_name = serializers.SerializerMethodField()
     heatmap_url = serializers.SerializerMethodField(
         help_text="The heatmap overlay (PNG) of a positive finding, else null."
@@ -69,7 +70,7 @@ class ReadFailureOutputSerializer(serializers.Serializer[Any]):
     reason = serializers.CharField(source="failure_reason")
 
 
-class ReadOutputSerializer(serializers.ModelSerializer[Read]):
+class ReadOutputSerializer(ModelSerializer[Read]):
     study_id = serializers.UUIDField()
     image_id = serializers.UUIDField()
     model = ModelSummaryOutputSerializer(source="model_version")
@@ -158,7 +159,7 @@ class FindingFeedbackInputSerializer(serializers.Serializer[Any]):
     )
 
 
-class ModelVersionOutputSerializer(serializers.ModelSerializer[ModelVersion]):
+class ModelVersionOutputSerializer(ModelSerializer[ModelVersion]):
     class Meta:
         model = ModelVersion
         fields: tuple[str, ...] = (

@@ -13,9 +13,10 @@ from clinics.records.models import Image, Patient, Study
 from clinics.tenancy.models import Clinic
 from inference.api.read_serializers import ReadOutputSerializer
 from referrals.models import HospitalProfile, Partnership, Referral, Urgency
+from xcaliber.lib.serializers import ModelSerializer
 
 
-class ClinicSummarySerializer(serializers.ModelSerializer[Clinic]):
+class ClinicSummarySerializer(ModelSerializer[Clinic]):
     class Meta:
         model = Clinic
         fields = ("id", "name", "kind", "country")
@@ -32,7 +33,7 @@ class HospitalOutputSerializer(serializers.Serializer[Any]):
     sla_stat_hours = serializers.IntegerField()
 
 
-class HospitalProfileSerializer(serializers.ModelSerializer[HospitalProfile]):
+class HospitalProfileSerializer(ModelSerializer[HospitalProfile]):
     class Meta:
         model = HospitalProfile
         fields = (
@@ -51,7 +52,7 @@ class HospitalProfileSerializer(serializers.ModelSerializer[HospitalProfile]):
         }
 
 
-class PartnershipOutputSerializer(serializers.ModelSerializer[Partnership]):
+class PartnershipOutputSerializer(ModelSerializer[Partnership]):
     clinic = ClinicSummarySerializer()
     hospital = ClinicSummarySerializer()
 
@@ -66,7 +67,7 @@ class PartnershipCreateInputSerializer(serializers.Serializer[Any]):
     message = serializers.CharField(max_length=500, required=False, allow_blank=True)
 
 
-class ReferralPatientSerializer(serializers.ModelSerializer[Patient]):
+class ReferralPatientSerializer(ModelSerializer[Patient]):
     """The animal, without the owner's name or contact."""
 
     class Meta:
@@ -75,7 +76,7 @@ class ReferralPatientSerializer(serializers.ModelSerializer[Patient]):
         read_only_fields = fields
 
 
-class ReferralStudySerializer(serializers.ModelSerializer[Study]):
+class ReferralStudySerializer(ModelSerializer[Study]):
     patient = ReferralPatientSerializer()
 
     class Meta:
@@ -84,7 +85,7 @@ class ReferralStudySerializer(serializers.ModelSerializer[Study]):
         read_only_fields = fields
 
 
-class ReferralImageSerializer(serializers.ModelSerializer[Image]):
+class ReferralImageSerializer(ModelSerializer[Image]):
     links = serializers.SerializerMethodField()
 
     class Meta:
@@ -101,7 +102,7 @@ class ReferralImageSerializer(serializers.ModelSerializer[Image]):
         }
 
 
-class ReferralOutputSerializer(serializers.ModelSerializer[Referral]):
+class ReferralOutputSerializer(ModelSerializer[Referral]):
     clinic = ClinicSummarySerializer()
     hospital = ClinicSummarySerializer()
     assignee = serializers.SerializerMethodField()

@@ -23,7 +23,7 @@ def _stored(key: str) -> bytes:
 
 def _sha256_column() -> dict[str, str]:
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT storage_key, sha256 FROM {Image._meta.db_table}")  # noqa: S608 (our table name)
+        cursor.execute(f"SELECT storage_key, sha256 FROM {Image._meta.db_table}")
         return dict(cursor.fetchall())
 
 

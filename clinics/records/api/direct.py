@@ -22,6 +22,7 @@ from clinics.records.api.serializers import ImageOutputSerializer
 from clinics.records.models import DirectUpload, DirectUploadStatus
 from clinics.tenancy.api.base import IDEMPOTENCY_PARAMETER, ClinicAPIView, idempotent_response
 from clinics.tenancy.models import Role
+from xcaliber.lib.serializers import ModelSerializer
 
 
 class DirectUploadCreateInputSerializer(serializers.Serializer[Any]):
@@ -50,7 +51,7 @@ def _complete_url(upload: DirectUpload) -> str:
     return reverse("direct-upload-complete", kwargs={"upload_id": upload.id})
 
 
-class DirectUploadOutputSerializer(serializers.ModelSerializer[DirectUpload]):
+class DirectUploadOutputSerializer(ModelSerializer[DirectUpload]):
     status = serializers.SerializerMethodField()
     image = ImageOutputSerializer(read_only=True, allow_null=True)
     complete_url = serializers.SerializerMethodField()

@@ -22,9 +22,10 @@ from clinics.records.models import (
 )
 from clinics.records.selectors import study_images
 from clinics.records.services import PATIENT_FIELDS
+from xcaliber.lib.serializers import ModelSerializer
 
 
-class PatientOutputSerializer(serializers.ModelSerializer[Patient]):
+class PatientOutputSerializer(ModelSerializer[Patient]):
     class Meta:
         model = Patient
         fields: tuple[str, ...] = ("id", *PATIENT_FIELDS, "created_at", "updated_at")
@@ -68,7 +69,7 @@ class PatientFilterSerializer(serializers.Serializer[Any]):
     external_id = serializers.CharField(required=False, max_length=64, help_text="Exact (case-insensitive).")
 
 
-class PatientSummarySerializer(serializers.ModelSerializer[Patient]):
+class PatientSummarySerializer(ModelSerializer[Patient]):
     class Meta:
         model = Patient
         fields = ("id", "name", "species", "breed", "external_id", "owner_name")
@@ -95,7 +96,7 @@ class ImageLinksSerializer(serializers.Serializer[Image]):
         return self._url(image, "image-thumbnail") if image.preview_status == DerivativeStatus.READY else None
 
 
-class ImageOutputSerializer(serializers.ModelSerializer[Image]):
+class ImageOutputSerializer(ModelSerializer[Image]):
     links = ImageLinksSerializer(source="*", read_only=True)
 
     class Meta:
@@ -130,7 +131,7 @@ class StudyLinksSerializer(serializers.Serializer[Study]):
         return reverse("study-reads", kwargs={"study_id": study.id})
 
 
-class StudyOutputSerializer(serializers.ModelSerializer[Study]):
+class StudyOutputSerializer(ModelSerializer[Study]):
     patient = PatientSummarySerializer(read_only=True)
     image_count = serializers.IntegerField(read_only=True)
     links = StudyLinksSerializer(source="*", read_only=True)

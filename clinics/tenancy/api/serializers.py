@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from clinics.tenancy.models import ApiKey, AuditEntry, Clinic, ClinicKind, Invitation, Membership, Role, User
 from clinics.tenancy.selectors import clinic_seats
+from xcaliber.lib.serializers import ModelSerializer
 
 _TIMEZONES = zoneinfo.available_timezones()
 
@@ -28,14 +29,14 @@ def validate_country(value: str) -> None:
 # ---------------------------------------------------------------------------- outputs
 
 
-class UserOutputSerializer(serializers.ModelSerializer[User]):
+class UserOutputSerializer(ModelSerializer[User]):
     class Meta:
         model = User
         fields = ("id", "email", "full_name", "created_at")
         read_only_fields = fields
 
 
-class ClinicOutputSerializer(serializers.ModelSerializer[Clinic]):
+class ClinicOutputSerializer(ModelSerializer[Clinic]):
     class Meta:
         model = Clinic
         fields: tuple[str, ...] = (
@@ -70,7 +71,7 @@ class ClinicDetailOutputSerializer(ClinicOutputSerializer):
         read_only_fields = fields
 
 
-class MembershipOutputSerializer(serializers.ModelSerializer[Membership]):
+class MembershipOutputSerializer(ModelSerializer[Membership]):
     user = UserOutputSerializer(read_only=True)
 
     class Meta:
@@ -79,7 +80,7 @@ class MembershipOutputSerializer(serializers.ModelSerializer[Membership]):
         read_only_fields = fields
 
 
-class MyMembershipOutputSerializer(serializers.ModelSerializer[Membership]):
+class MyMembershipOutputSerializer(ModelSerializer[Membership]):
     clinic = ClinicOutputSerializer(read_only=True)
 
     class Meta:
@@ -88,7 +89,7 @@ class MyMembershipOutputSerializer(serializers.ModelSerializer[Membership]):
         read_only_fields = fields
 
 
-class InvitationOutputSerializer(serializers.ModelSerializer[Invitation]):
+class InvitationOutputSerializer(ModelSerializer[Invitation]):
     status = serializers.ChoiceField(choices=["pending", "accepted", "revoked", "expired"], read_only=True)
     invited_by = serializers.EmailField(
         source="invited_by.email", read_only=True, allow_null=True, default=None
@@ -118,7 +119,7 @@ class InvitationCreatedOutputSerializer(InvitationOutputSerializer):
         read_only_fields = fields
 
 
-class ApiKeyOutputSerializer(serializers.ModelSerializer[ApiKey]):
+class ApiKeyOutputSerializer(ModelSerializer[ApiKey]):
     created_by = serializers.EmailField(
         source="created_by.email", read_only=True, allow_null=True, default=None
     )
@@ -146,7 +147,7 @@ class ApiKeyCreatedOutputSerializer(ApiKeyOutputSerializer):
         read_only_fields = fields
 
 
-class AuditEntryOutputSerializer(serializers.ModelSerializer[AuditEntry]):
+class AuditEntryOutputSerializer(ModelSerializer[AuditEntry]):
     actor = serializers.CharField(source="actor_label", read_only=True)
 
     class Meta:

@@ -11,6 +11,7 @@ from clinics.webhooks.models import EVENT_TYPES, DeliveryStatus, WebhookDelivery
 from clinics.webhooks.services import event_types_clean
 from clinics.webhooks.signing import secret_hint
 from xcaliber.lib.problems import Problem
+from xcaliber.lib.serializers import ModelSerializer
 
 EVENT_TYPES_HELP = (
     "Event types to receive; empty for every type. Known types: "
@@ -43,7 +44,7 @@ class WebhookLinksSerializer(serializers.Serializer[WebhookEndpoint]):
         return reverse("webhook-rotate-secret", kwargs={"webhook_id": endpoint.id})
 
 
-class WebhookOutputSerializer(serializers.ModelSerializer[WebhookEndpoint]):
+class WebhookOutputSerializer(ModelSerializer[WebhookEndpoint]):
     event_types = serializers.ListField(child=serializers.CharField(), read_only=True)
     secret_hint = serializers.SerializerMethodField(
         help_text="The secret's last characters, to tell keys apart."
@@ -118,7 +119,7 @@ class WebhookDeliveryFilterSerializer(serializers.Serializer[Any]):
     event_type = serializers.CharField(required=False, max_length=64, help_text="e.g. `read.done`.")
 
 
-class WebhookDeliveryOutputSerializer(serializers.ModelSerializer[WebhookDelivery]):
+class WebhookDeliveryOutputSerializer(ModelSerializer[WebhookDelivery]):
     webhook_id = serializers.UUIDField(source="endpoint_id", read_only=True)
     event_type = serializers.CharField(source="event.type", read_only=True)
     event_seq = serializers.IntegerField(source="event.seq", read_only=True)
