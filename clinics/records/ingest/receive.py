@@ -66,11 +66,6 @@ def digest_of(hasher: blake3.blake3) -> str:
     return f"{DIGEST_ALGORITHM}:{hasher.hexdigest()}"
 
 
-def content_digest(data: bytes) -> str:
-    """The content digest of ``data`` held in memory (small files, tests)."""
-    return digest_of(blake3.blake3(data))
-
-
 def upload_temp_dir() -> Path:
     path = Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir())
     path.mkdir(parents=True, exist_ok=True)
