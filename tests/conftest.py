@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,21 @@ from clinics.tenancy.services import api_key_create
 from xcaliber import settings as project_settings
 
 PASSWORD = "correct horse battery staple"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_python(args: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The project's Python on ``args`` (a script, ``-c CODE``, ``manage.py ...``) in the repository, with
+    exactly ``environ``; its output captured as text, its exit status left to the caller."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def service_required(name: str, reason: str) -> None:

@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.test import Client
 
-from tests.conftest import service_required
+from tests.conftest import run_python, service_required
 
 pytestmark = pytest.mark.django_db
 
-REPO = Path(__file__).resolve().parent.parent
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 
 
@@ -126,15 +123,7 @@ def test_readyz_is_503_naming_the_database_when_it_cannot_be_opened(tmp_path: Pa
         " 'body': response.json()}))\n"
     )
 
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(["-c", script], environ)
 
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])

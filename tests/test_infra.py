@@ -30,7 +30,7 @@ from django.test import AsyncClient, Client
 from django.utils.module_loading import import_string
 
 from clinics.tenancy.models import Role
-from tests.conftest import bearer_client, make_clinic, make_member
+from tests.conftest import bearer_client, make_clinic, make_member, run_python
 from xcaliber.logs import JsonFormatter, RequestContextFilter, context_begin, context_end, context_set_clinic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -333,15 +333,7 @@ def _production_settings(**extra: str) -> dict[str, Any]:
         "import json, django; django.setup(); from django.conf import settings; "
         f"print(json.dumps({{n: getattr(settings, n, None) for n in {names!r}}}))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(["-c", code], env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -385,15 +377,7 @@ def test_deploy_checks_leave_only_the_three_documented_warnings() -> None:
         XCALIBER_PUBLIC_URL="https://xcaliber.example.com",
         XCALIBER_TRUSTED_PROXY_COUNT="1",
     )
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(["manage.py", "check", "--deploy"], env)
     assert result.returncode == 0, result.stderr
     reported = set(re.findall(r"\((security\.\w+)\)", result.stdout + result.stderr))
     assert reported == {"security.W003", "security.W005", "security.W021"}

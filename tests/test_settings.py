@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from tests.conftest import run_python
 from xcaliber.lib.env import env_bool, env_choice, env_int, env_list, env_secret, env_str
 
-REPO = Path(__file__).resolve().parent.parent
 PRINT_SECRET = "import django; django.setup(); from django.conf import settings; print(settings.SECRET_KEY)"
 PRODUCTION_SECRET = "p" * 64
 REQUIRED_IN_PRODUCTION = ("XCALIBER_SECRET_KEY", "DATABASE_URL", "XCALIBER_ALLOWED_HOSTS", "REDIS_URL")
@@ -108,18 +106,6 @@ def _clean_environ(data_dir: Path, **variables: str) -> dict[str, str]:
     return environ
 
 
-def _run(args: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def _production(data_dir: Path, **overrides: str) -> dict[str, str]:
     variables = {
         "XCALIBER_ENV": "production",
@@ -137,7 +123,7 @@ def test_production_refuses_to_start_naming_the_missing_variable(tmp_path: Path,
     environ = _production(tmp_path)
     del environ[missing]
 
-    result = _run(["-c", "import django; django.setup()"], environ)
+    result = run_python(["-c", "import django; django.setup()"], environ)
 
     assert result.returncode != 0
     assert f"XCALIBER_ENV=production requires {missing}" in result.stderr
@@ -146,14 +132,14 @@ def test_production_refuses_to_start_naming_the_missing_variable(tmp_path: Path,
 
 @pytest.mark.parametrize("missing", REQUIRED_IN_PRODUCTION)
 def test_production_treats_an_empty_variable_as_missing(tmp_path: Path, missing: str) -> None:
-    result = _run(["manage.py", "check"], _production(tmp_path, **{missing: ""}))
+    result = run_python(["manage.py", "check"], _production(tmp_path, **{missing: ""}))
 
     assert result.returncode != 0
     assert missing in result.stderr
 
 
 def test_production_starts_with_everything_set(tmp_path: Path) -> None:
-    result = _run(["manage.py", "check"], _production(tmp_path))
+    result = run_python(["manage.py", "check"], _production(tmp_path))
 
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
@@ -167,14 +153,14 @@ def test_production_reads_secrets_from_files(tmp_path: Path) -> None:
     del environ["XCALIBER_SECRET_KEY"]
     environ["XCALIBER_SECRET_KEY_FILE"] = str(key_file)
 
-    result = _run(["-c", PRINT_SECRET], environ)
+    result = run_python(["-c", PRINT_SECRET], environ)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == PRODUCTION_SECRET
 
 
 def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
-    result = _run(["-c", PRINT_SECRET], _production(tmp_path, XCALIBER_SECRET_KEY="too-short"))
+    result = run_python(["-c", PRINT_SECRET], _production(tmp_path, XCALIBER_SECRET_KEY="too-short"))
 
     assert result.returncode != 0
     assert "XCALIBER_SECRET_KEY must be at least 32 characters" in result.stderr
@@ -185,7 +171,7 @@ def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
     [("XCALIBER_DEBUG", "maybe"), ("XCALIBER_LOGIN_MAX_FAILURES", "five"), ("XCALIBER_ENV", "staging")],
 )
 def test_a_malformed_variable_stops_start_up_naming_it(tmp_path: Path, name: str, value: str) -> None:
-    result = _run(["-c", "import django; django.setup()"], _clean_environ(tmp_path, **{name: value}))
+    result = run_python(["-c", "import django; django.setup()"], _clean_environ(tmp_path, **{name: value}))
 
     assert result.returncode != 0
     assert f"ImproperlyConfigured: {name} must be" in result.stderr
@@ -195,8 +181,8 @@ def test_embedded_generates_a_private_secret_key_once_and_reuses_it(tmp_path: Pa
     data_dir = tmp_path / "fresh"
     environ = _clean_environ(data_dir)
 
-    first = _run(["-c", PRINT_SECRET], environ)
-    second = _run(["-c", PRINT_SECRET], environ)
+    first = run_python(["-c", PRINT_SECRET], environ)
+    second = run_python(["-c", PRINT_SECRET], environ)
 
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
@@ -211,7 +197,7 @@ def test_embedded_generates_a_private_secret_key_once_and_reuses_it(tmp_path: Pa
 def test_embedded_refuses_a_damaged_secret_key_file(tmp_path: Path) -> None:
     (tmp_path / "secret_key").write_text("short\n", encoding="utf-8")
 
-    result = _run(["-c", PRINT_SECRET], _clean_environ(tmp_path))
+    result = run_python(["-c", PRINT_SECRET], _clean_environ(tmp_path))
 
     assert result.returncode != 0
     assert "holds no usable secret key" in result.stderr
