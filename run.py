@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import venv
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -60,11 +61,14 @@ def manage(*args: str) -> None:
     subprocess.run([str(PYTHON), str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
 
 
-def asgi_server_arguments(host: str, port: int, environ: dict[str, str] | None = None) -> list[str]:
-    """uvicorn, one process: it streams request bodies to the app with flow control (daphne queues a
-    whole body in memory first), and the embedded default's in-memory channel layer and in-process
-    worker live in that one process."""
-    ping = (os.environ if environ is None else environ).get("XCALIBER_WS_PING_SECONDS", "20")
+def asgi_server_arguments(host: str, port: int, environ: Mapping[str, str] | None = None) -> list[str]:
+    """uvicorn: it streams request bodies to the app with flow control (daphne queues a whole body in
+    memory first). ``XCALIBER_WEB_PROCESSES`` (default 1) worker processes: the settings read the same
+    variable, so that several embedded processes share their events, tickets and read worker."""
+    env = os.environ if environ is None else environ
+    ping = env.get("XCALIBER_WS_PING_SECONDS", "20")
+    processes = env.get("XCALIBER_WEB_PROCESSES", "1")
+    workers = ["--workers", processes] if processes.strip() not in ("", "1") else []
     return [
         "xcaliber.asgi:application",
         "--host", host,
@@ -77,7 +81,30 @@ def asgi_server_arguments(host: str, port: int, environ: dict[str, str] | None =
         # after one interval plus the timeout.
         "--ws-ping-interval", ping,
         "--ws-ping-timeout", ping,
+        *workers,
     ]  # fmt: skip
+
+
+def default_web_workers() -> int:
+    """``run.py serve``'s processes: ``XCALIBER_WEB_PROCESSES`` if set, else one per core up to two (one
+    Python process is held to about one core by its interpreter lock; uploads scale with processes)."""
+    configured = os.environ.get("XCALIBER_WEB_PROCESSES", "").strip()
+    if configured:
+        return int(configured)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def metrics_environment(env: MutableMapping[str, str], web_workers: int) -> None:
+    """Several uvicorn workers: /metrics sums them through prometheus_client's multiprocess files, in a
+    directory of the data directory that must start empty."""
+    if web_workers <= 1 or env.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    data_dir = Path(env.get("XCALIBER_DATA_DIR") or ROOT / "var")
+    metrics_dir = data_dir / "prometheus"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
 
 def serve(argv: list[str]) -> int:
@@ -85,13 +112,27 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--demo", action="store_true", help="seed a demo clinic and print its logins")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--web-workers",
+        type=int,
+        default=default_web_workers(),
+        help="web processes (default: XCALIBER_WEB_PROCESSES, else one per core up to 2)",
+    )
     options = parser.parse_args(argv)
+    if options.web_workers < 1:
+        parser.error("--web-workers must be at least 1")
+    os.environ["XCALIBER_WEB_PROCESSES"] = str(options.web_workers)
+    metrics_environment(os.environ, options.web_workers)
     ensure_venv("")
     log("migrating the database")
     manage("migrate", "--no-input", "-v", "0")
     if options.demo:
         manage("seed_demo")
-    log(f"serving HTTP and WebSocket on http://{options.host}:{options.port}/  (API docs: /api/docs/)")
+    processes = "one process" if options.web_workers == 1 else f"{options.web_workers} processes"
+    log(
+        f"serving HTTP and WebSocket on http://{options.host}:{options.port}/ with {processes}"
+        "  (API docs: /api/docs/)"
+    )
     os.chdir(ROOT)
     os.execv(str(BIN / "uvicorn"), [str(BIN / "uvicorn"), *asgi_server_arguments(options.host, options.port)])
     return 0  # not reached
@@ -138,12 +179,8 @@ def _pump(role: str, stream: IO[bytes], lock: threading.Lock) -> None:
 def stack_children(options: argparse.Namespace) -> list[Child]:
     manage_py = [str(PYTHON), str(ROOT / "manage.py")]
     celery = [str(BIN / "celery"), "-A", "xcaliber.celery"]
-    web = [
-        str(BIN / "uvicorn"),
-        *asgi_server_arguments(options.host, options.port),
-        "--workers",
-        str(options.web_workers),
-    ]
+    processes = {**os.environ, "XCALIBER_WEB_PROCESSES": str(options.web_workers)}
+    web = [str(BIN / "uvicorn"), *asgi_server_arguments(options.host, options.port, processes)]
     children = [Child("web", web)]
     for index in range(options.inference_workers):
         children.append(
@@ -185,15 +222,8 @@ def stack_environment(options: argparse.Namespace) -> dict[str, str]:
     env["XCALIBER_WEBHOOK_SWEEP_SECONDS"] = "0"
     # Reads go to the inference role, even if the shell says otherwise (a web worker must not read).
     env["XCALIBER_READ_WORKER"] = "celery"
-    if options.web_workers > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Several uvicorn workers: /metrics sums them through prometheus_client's multiprocess files,
-        # which must start empty.
-        data_dir = Path(env.get("XCALIBER_DATA_DIR") or ROOT / "var")
-        metrics_dir = data_dir / "prometheus"
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        for stale in metrics_dir.glob("*.db"):
-            stale.unlink()
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    env["XCALIBER_WEB_PROCESSES"] = str(options.web_workers)
+    metrics_environment(env, options.web_workers)
     return env
 
 

@@ -62,6 +62,7 @@ from bench.ingest import (  # noqa: E402  (after the path above)
     RssSampler,
     cpu_line,
     cpu_seconds,
+    default_workers,
     ensure_imports,
     free_port,
     percentile,
@@ -286,9 +287,9 @@ def register_clinics(url: str, count: int) -> list[str]:
 def start_web(
     options: argparse.Namespace, env: dict[str, str], workdir: Path, workers: int
 ) -> tuple[Proc, str]:
-    """uvicorn exactly as ``run.py serve`` starts it (plus ``--workers``); returns it and its URL."""
+    """uvicorn exactly as ``run.py serve --web-workers N`` starts it; returns it and its URL."""
     port = options.port or free_port(options.host)
-    command = server_command("uvicorn", python_bin(), options.host, port, workers)
+    command = server_command("uvicorn", python_bin(), options.host, port, env, workers)
     web = spawn("uvicorn", command, env, workdir)
     url = f"http://{options.host}:{port}"
     wait_until("uvicorn /healthz", lambda: http_ok(f"{url}/healthz"), options.start_timeout, [web])
@@ -303,13 +304,14 @@ def embedded_stack(options: argparse.Namespace, workdir: Path) -> Iterator[Targe
     env["XCALIBER_DATA_DIR"] = str(data_dir)
     log(f"embedded: fresh data directory {data_dir}; migrating")
     manage(env, "migrate", "--no-input", "-v", "0")
-    web, url = start_web(options, env, workdir, 1)
+    web, url = start_web(options, env, workdir, options.web_workers)
     try:
         worker = env.get("XCALIBER_READ_WORKER", "thread")
         yield Target(
             mode="embedded",
             url=url,
-            description=f"uvicorn x1, SQLite, in-memory channel layer, local files, read worker={worker}",
+            description=f"uvicorn x{options.web_workers}, SQLite, in-memory channel layer (notes between "
+            f"processes), local files, read worker={worker} (of the leader)",
             tokens=register_clinics(url, options.clinics),
             procs=[web],
             watched={"uvicorn": web.pid},
@@ -1088,7 +1090,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="seconds for each clinic's first (uncounted) result",
     )
     parser.add_argument(
-        "--web-workers", type=int, default=1, help="uvicorn --workers in production (default 1)"
+        "--web-workers",
+        type=int,
+        default=default_workers(),
+        help="web processes, in both modes (default: as run.py serve, one per core up to 2)",
     )
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server env")
     parser.add_argument(

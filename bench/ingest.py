@@ -415,15 +415,27 @@ def _manage(python: Path, env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def server_command(kind: str, python: Path, host: str, port: int, workers: int) -> list[str]:
-    """uvicorn exactly as ``run.py serve`` starts it, plus ``--workers`` when more than one."""
+def server_command(
+    kind: str, python: Path, host: str, port: int, env: dict[str, str], workers: int
+) -> list[str]:
+    """uvicorn exactly as ``run.py serve --web-workers N`` starts it; sets the server's ``env`` to match
+    (``XCALIBER_WEB_PROCESSES``, and the metrics directory of several processes)."""
     sys.path.insert(0, str(ROOT))
-    from run import asgi_server_arguments
+    from run import asgi_server_arguments, metrics_environment
 
+    env["XCALIBER_WEB_PROCESSES"] = str(workers)
+    metrics_environment(env, workers)
     uvicorn = VENV_BIN / "uvicorn"
     prefix = [str(uvicorn)] if uvicorn.exists() else [str(python), "-m", "uvicorn"]
-    extra = ["--workers", str(workers)] if workers > 1 else []
-    return [*prefix, *asgi_server_arguments(host, port), *extra]
+    return [*prefix, *asgi_server_arguments(host, port, env)]
+
+
+def default_workers() -> int:
+    """``run.py serve``'s default number of web processes."""
+    sys.path.insert(0, str(ROOT))
+    from run import default_web_workers
+
+    return default_web_workers()
 
 
 def start_server(options: argparse.Namespace, workdir: Path) -> Server:
@@ -462,7 +474,7 @@ def start_server(options: argparse.Namespace, workdir: Path) -> Server:
     api_key = _manage(python, env, "create_api_key", "--clinic-id", clinic_id, "--name", "bench").strip()
     api_key = api_key.splitlines()[-1]
     port = options.port or free_port(options.host)
-    command = server_command(options.server, python, options.host, port, options.workers)
+    command = server_command(options.server, python, options.host, port, env, options.workers)
     log_path = workdir / "server.log"
     log(f"starting {options.server}: {shlex.join(command)}  (log: {log_path})")
     with log_path.open("wb") as log_file:
@@ -1117,7 +1129,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default="uvicorn",
         help="server to start: uvicorn, as run.py serve starts it",
     )
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn --workers (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="web processes, as run.py serve --web-workers (default: as run.py serve, one per core up to 2)",
+    )
     parser.add_argument(
         "--reads",
         choices=("off", "thread"),

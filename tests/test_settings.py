@@ -201,3 +201,38 @@ def test_embedded_refuses_a_damaged_secret_key_file(tmp_path: Path) -> None:
 
     assert result.returncode != 0
     assert "holds no usable secret key" in result.stderr
+
+
+PRINT_PROCESSES = (
+    "import django; django.setup(); from django.conf import settings; "
+    "print(settings.XCALIBER_PEERS_DIR); print(settings.CACHES['default']['BACKEND']); "
+    "print(settings.CACHES['default'].get('LOCATION', ''))"
+)
+
+
+def test_several_embedded_processes_share_a_file_cache_and_a_peers_directory(tmp_path: Path) -> None:
+    one = run_python(["-c", PRINT_PROCESSES], _clean_environ(tmp_path))
+    two = run_python(["-c", PRINT_PROCESSES], _clean_environ(tmp_path, XCALIBER_WEB_PROCESSES="2"))
+    with_redis = run_python(
+        ["-c", PRINT_PROCESSES],
+        _clean_environ(tmp_path, XCALIBER_WEB_PROCESSES="2", REDIS_URL="redis://127.0.0.1:6379/0"),
+    )
+
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.split("\n")[:2] == ["None", "django.core.cache.backends.locmem.LocMemCache"]
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.split("\n")[:3] == [
+        str(tmp_path.resolve() / "run"),
+        "django.core.cache.backends.filebased.FileBasedCache",
+        str(tmp_path.resolve() / "cache"),
+    ]
+    # With Redis the channel layer and the cache are shared already: no peers.
+    assert with_redis.returncode == 0, with_redis.stderr
+    assert with_redis.stdout.split("\n")[:2] == ["None", "django.core.cache.backends.redis.RedisCache"]
+
+
+def test_zero_web_processes_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    result = run_python(["-c", PRINT_PROCESSES], _clean_environ(tmp_path, XCALIBER_WEB_PROCESSES="0"))
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: XCALIBER_WEB_PROCESSES must be >= 1" in result.stderr

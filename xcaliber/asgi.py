@@ -13,13 +13,17 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (after
 from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from clinics.events.services import PEER_NOTE as EVENTS_NOTE  # noqa: E402
+from clinics.events.services import events_push_from_peer  # noqa: E402
 from clinics.records.tasks import images_derivatives_backfill  # noqa: E402
 from clinics.webhooks.tasks import sweeper_start  # noqa: E402
+from inference.reads.dispatch import PEER_NOTE as READS_WAKE_NOTE  # noqa: E402
 from inference.reads.dispatch import embedded_worker  # noqa: E402
 from referrals.sla import referrals_flag_overdue  # noqa: E402
 from xcaliber.asgi_handler import UploadAwareASGIHandler  # noqa: E402
 from xcaliber.lib.allocator import keep_freed_buffers  # noqa: E402
 from xcaliber.lib.background import every, submit  # noqa: E402
+from xcaliber.lib.peers import is_leader, lead, peers_start  # noqa: E402
 from xcaliber.routing import UnknownRouteConsumer, websocket_urlpatterns  # noqa: E402
 
 if settings.XCALIBER["KEEP_FREED_BUFFERS"]:
@@ -36,19 +40,36 @@ application = ProtocolTypeRouter(
     }
 )
 
-if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
-    # Previews queued in memory before a restart were lost with the one embedded process: make them now.
-    # Several production processes would each render the same backlog; there the operator runs
-    # ``manage.py images_previews_backfill`` once (the CPU worker takes this over with the queue).
-    submit(images_derivatives_backfill)
 
-if settings.XCALIBER_READ_WORKER == "thread":
-    # Reads are rows: any still queued (or leased by a process that died) are picked up at start-up.
-    embedded_worker().wake()
+def start_background() -> None:
+    """What one embedded server runs beside its requests. With several web processes only the leader
+    runs it (``xcaliber.lib.peers.lead``), and takes it over when the leader exits."""
+    if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
+        # Previews queued in memory before a restart were lost with the process: make them now. Several
+        # production processes would each render the same backlog; there the operator runs
+        # ``manage.py images_previews_backfill`` once (the CPU worker takes this over with the queue).
+        submit(images_derivatives_backfill)
+    if settings.XCALIBER_READ_WORKER == "thread":
+        # Reads are rows: any still queued (or leased by a process that died) are picked up at start-up.
+        embedded_worker().wake()
+    if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
+        # Referral SLAs in the embedded default (Celery beat runs the same check in production).
+        every("referrals-sla", 60.0, referrals_flag_overdue)
 
-if settings.XCALIBER_BACKGROUND == "thread" and not settings.PRODUCTION:
-    # Referral SLAs in the embedded default (Celery beat runs the same check in production).
-    every("referrals-sla", 60.0, referrals_flag_overdue)
 
-# Webhook retries left from before a restart resume (the sweeper runs only with background threads).
+def wake_if_leader(_payload: object) -> None:
+    if is_leader() and settings.XCALIBER_READ_WORKER == "thread":
+        embedded_worker().wake()
+
+
+if settings.XCALIBER_PEERS_DIR is None:
+    start_background()
+else:
+    peers = peers_start(settings.XCALIBER_PEERS_DIR)
+    peers.on(EVENTS_NOTE, events_push_from_peer)
+    peers.on(READS_WAKE_NOTE, wake_if_leader)
+    lead(settings.XCALIBER_PEERS_DIR / "leader.lock", start_background)
+
+# Webhook retries left from before a restart resume (the sweeper runs only with background threads; each
+# process may sweep: a delivery is claimed by a conditional update).
 sweeper_start()

@@ -229,6 +229,21 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# The embedded server's web processes (``run.py serve --web-workers N`` sets it; uvicorn ``--workers``).
+# With more than one and no Redis, the processes share what one process keeps in memory: WebSocket
+# tickets and throttles go to a cache in files, events and read wake-ups travel between them as notes
+# over Unix sockets in PEERS_DIR, and one leader runs the read worker and the timers (xcaliber.lib.peers).
+XCALIBER_WEB_PROCESSES = env_int("XCALIBER_WEB_PROCESSES", 1, minimum=1, maximum=64)
+XCALIBER_PEERS_DIR = DATA_DIR / "run" if XCALIBER_WEB_PROCESSES > 1 and not REDIS_URL else None
+if XCALIBER_PEERS_DIR is not None:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    }
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "clinics.tenancy.authentication.BearerTokenAuthentication",

@@ -21,8 +21,11 @@ from django.utils import timezone
 from clinics.events.models import Event, EventCounter
 from clinics.events.realtime import run_on_server_loop, server_loop_known
 from clinics.webhooks.tasks import webhooks_after_events
+from xcaliber.lib.peers import peer_group
 
 logger = logging.getLogger(__name__)
+
+PEER_NOTE = "events"
 
 
 def clinic_group(clinic_id: uuid.UUID | str) -> str:
@@ -112,13 +115,28 @@ def _events_write(pending: list[dict[str, Any]]) -> list[Event]:
 
 
 def events_push(messages: list[tuple[uuid.UUID, dict[str, Any]]]) -> None:
-    """Send committed events to their clinics' connected clients, in order, in one hand-off (best effort).
+    """Send committed events to their clinics' connected clients, in order, in one hand-off (best effort):
+    this process's clients, and through the peers (``xcaliber.lib.peers``) those of the embedded server's
+    other processes."""
+    if not messages:
+        return
+    group = peer_group()
+    if group is not None:
+        group.broadcast(PEER_NOTE, [[str(clinic_id), message] for clinic_id, message in messages])
+    _push_here(messages)
 
-    With the in-memory layer and no WebSocket ever connected to this process, no one could receive
-    them: nothing is sent (no hop to the server's loop for each upload of a bridge).
-    """
+
+def events_push_from_peer(payload: list[list[Any]]) -> None:
+    """A peer's ``events_push``: deliver its events to this process's clients."""
+    _push_here([(uuid.UUID(clinic_id), message) for clinic_id, message in payload])
+
+
+def _push_here(messages: list[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+    """Send to this process's channel layer. With the in-memory layer and no WebSocket ever connected to
+    this process, no one could receive them: nothing is sent (no hop to the server's loop for each upload
+    of a bridge)."""
     layer = get_channel_layer()
-    if layer is None or not messages:
+    if layer is None:
         return
     if isinstance(layer, InMemoryChannelLayer) and not server_loop_known():
         return

@@ -5,7 +5,8 @@ model in the request itself (except in ``inline`` mode, for tests and commands);
 worker will claim them. The rows are the queue, so a lost wake-up costs latency, never a read: the
 worker also polls, and claims anything queued (or leased and expired) from before a restart.
 
-The embedded worker is one daemon thread per process. It waits for a wake-up, lets the batch window pass
+The embedded worker is one daemon thread per process (with several web processes, of the leader only:
+``xcaliber.lib.peers``). It waits for a wake-up, lets the batch window pass
 so that the images of one upload run as one batch, then claims and runs batches until nothing is left.
 """
 
@@ -20,9 +21,12 @@ from collections.abc import Sequence
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from xcaliber.lib.peers import is_leader, peer_group
+
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
+PEER_NOTE = "reads-wake"
 
 
 class EmbeddedReadWorker:
@@ -86,6 +90,16 @@ def embedded_worker_stop() -> None:
         worker.stop()
 
 
+def embedded_worker_wake() -> None:
+    """Wake the embedded worker: this process's, or with several web processes the leader's (the only one
+    that runs reads; a note through the peers, and the leader's own poll if the note is lost)."""
+    group = peer_group()
+    if group is None or is_leader():
+        embedded_worker().wake()
+    else:
+        group.broadcast(PEER_NOTE, None)
+
+
 def reads_dispatch(read_ids: Sequence[uuid.UUID]) -> None:
     """Hand queued reads to whatever runs them (``XCALIBER_READ_WORKER``); called after commit."""
     mode = settings.XCALIBER_READ_WORKER
@@ -94,7 +108,7 @@ def reads_dispatch(read_ids: Sequence[uuid.UUID]) -> None:
 
         reads_run_pending(read_ids=read_ids)
     elif mode == "thread":
-        embedded_worker().wake()
+        embedded_worker_wake()
     elif mode == "celery":
         from xcaliber.celery import app  # by name: the web process never imports the model
 
