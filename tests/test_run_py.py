@@ -1,5 +1,6 @@
 """``run.py``'s web processes: ``serve --web-workers`` and ``stack --web-workers`` start uvicorn with that
-many workers and tell the settings the same number (``XCALIBER_WEB_PROCESSES``)."""
+many workers and tell the settings the same number (``XCALIBER_WEB_PROCESSES``); each process builds its
+routes when it starts, not in its first requests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import run
+from tests.conftest import run_python
 
 
 def _workers(arguments: list[str]) -> list[str]:
@@ -55,3 +57,30 @@ def test_the_stack_starts_uvicorn_once_with_its_web_workers(monkeypatch: pytest.
     web = next(child for child in run.stack_children(options) if child.role == "web")
 
     assert _workers(web.command) == ["3"]
+
+
+WARM_UP_PROBE = """
+import sys
+import django
+django.setup()
+from django.urls import get_resolver
+before = "clinics.records.api.uploads" in sys.modules, get_resolver()._populated
+import xcaliber.asgi
+print(before, ("clinics.records.api.uploads" in sys.modules, get_resolver()._populated))
+"""
+
+
+def test_the_server_imports_its_views_and_builds_its_routes_before_the_first_request(tmp_path: Path) -> None:
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        "DJANGO_SETTINGS_MODULE": "xcaliber.settings",
+        "XCALIBER_DATA_DIR": str(tmp_path),
+        "XCALIBER_BACKGROUND": "inline",
+        "XCALIBER_READ_WORKER": "off",
+        "XCALIBER_WEBHOOK_SWEEP_SECONDS": "0",
+    }
+
+    result = run_python(["-c", WARM_UP_PROBE], environ)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(False, False) (True, True)"

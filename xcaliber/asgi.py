@@ -11,7 +11,7 @@ django.setup(set_prefix=False)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (after Django is set up)
 from django.conf import settings  # noqa: E402
-from django.urls import re_path  # noqa: E402
+from django.urls import URLResolver, get_resolver, re_path  # noqa: E402
 
 from clinics.events.services import PEER_NOTE as EVENTS_NOTE  # noqa: E402
 from clinics.events.services import events_push_from_peer  # noqa: E402
@@ -30,6 +30,22 @@ if settings.XCALIBER["KEEP_FREED_BUFFERS"]:
     # Upload bodies pass through in mebibyte pieces: reuse their memory rather than map it anew each time.
     keep_freed_buffers()
 
+
+def urls_warm_up() -> None:
+    """Import every view and compile every route and reverse index now, at start-up, rather than in the
+    first requests: with several web processes, each one's first uploads paid for it (a fifth of a
+    second of one core)."""
+    resolvers = [get_resolver()]
+    while resolvers:
+        resolver = resolvers.pop()
+        resolver.reverse_dict  # noqa: B018  (builds the reverse index, compiling its patterns)
+        for entry in resolver.url_patterns:
+            entry.pattern.regex  # noqa: B018  (compiled on first access)
+            if isinstance(entry, URLResolver):
+                resolvers.append(entry)
+
+
+urls_warm_up()
 django_asgi_app = UploadAwareASGIHandler()
 
 application = ProtocolTypeRouter(
