@@ -89,9 +89,11 @@ def default_web_workers() -> int:
     """``run.py serve``'s processes: ``XCALIBER_WEB_PROCESSES`` if set, else one per core up to two (one
     Python process is held to about one core by its interpreter lock; uploads scale with processes)."""
     configured = os.environ.get("XCALIBER_WEB_PROCESSES", "").strip()
-    if configured:
-        return int(configured)
-    return max(1, min(2, os.cpu_count() or 1))
+    if not configured:
+        return max(1, min(2, os.cpu_count() or 1))
+    if not configured.isdigit():
+        sys.exit(f"XCALIBER_WEB_PROCESSES must be a whole number of processes, not {configured!r}")
+    return int(configured)
 
 
 def metrics_environment(env: MutableMapping[str, str], web_workers: int) -> None:
@@ -122,7 +124,6 @@ def serve(argv: list[str]) -> int:
     if options.web_workers < 1:
         parser.error("--web-workers must be at least 1")
     os.environ["XCALIBER_WEB_PROCESSES"] = str(options.web_workers)
-    metrics_environment(os.environ, options.web_workers)
     ensure_venv("")
     log("migrating the database")
     manage("migrate", "--no-input", "-v", "0")
@@ -134,6 +135,7 @@ def serve(argv: list[str]) -> int:
         "  (API docs: /api/docs/)"
     )
     os.chdir(ROOT)
+    metrics_environment(os.environ, options.web_workers)  # after the commands above: only the server's
     os.execv(str(BIN / "uvicorn"), [str(BIN / "uvicorn"), *asgi_server_arguments(options.host, options.port)])
     return 0  # not reached
 

@@ -31,6 +31,11 @@ def test_serve_defaults_to_one_process_per_core_up_to_two(monkeypatch: pytest.Mo
         assert run.default_web_workers() == expected
     monkeypatch.setenv("XCALIBER_WEB_PROCESSES", "4")
     assert run.default_web_workers() == 4
+    monkeypatch.setenv("XCALIBER_WEB_PROCESSES", "two")
+    with pytest.raises(
+        SystemExit, match="XCALIBER_WEB_PROCESSES must be a whole number of processes, not 'two'"
+    ):
+        run.default_web_workers()
 
 
 def test_several_processes_get_an_empty_metrics_directory(tmp_path: Path) -> None:
