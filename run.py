@@ -178,11 +178,11 @@ def _pump(role: str, stream: IO[bytes], lock: threading.Lock) -> None:
             sys.stdout.buffer.flush()
 
 
-def stack_children(options: argparse.Namespace) -> list[Child]:
+def stack_children(options: argparse.Namespace, env: Mapping[str, str]) -> list[Child]:
+    """The roles' commands; ``env`` is the stack's environment (``stack_environment``)."""
     manage_py = [str(PYTHON), str(ROOT / "manage.py")]
     celery = [str(BIN / "celery"), "-A", "xcaliber.celery"]
-    processes = {**os.environ, "XCALIBER_WEB_PROCESSES": str(options.web_workers)}
-    web = [str(BIN / "uvicorn"), *asgi_server_arguments(options.host, options.port, processes)]
+    web = [str(BIN / "uvicorn"), *asgi_server_arguments(options.host, options.port, env)]
     children = [Child("web", web)]
     for index in range(options.inference_workers):
         children.append(
@@ -301,7 +301,7 @@ def stack(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     lock = threading.Lock()
-    children = stack_children(options)
+    children = stack_children(options, env)
     for child in children:
         # Each role in a process group of its own: a terminal's Ctrl-C reaches this supervisor only,
         # which stops the roles in order.

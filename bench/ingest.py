@@ -415,27 +415,31 @@ def _manage(python: Path, env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+def run_py() -> ModuleType:
+    """The repository's ``run.py`` (stdlib only), whose server arguments the bench reuses."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import run
+
+    return run
+
+
 def server_command(
     kind: str, python: Path, host: str, port: int, env: dict[str, str], workers: int
 ) -> list[str]:
     """uvicorn exactly as ``run.py serve --web-workers N`` starts it; sets the server's ``env`` to match
     (``XCALIBER_WEB_PROCESSES``, and the metrics directory of several processes)."""
-    sys.path.insert(0, str(ROOT))
-    from run import asgi_server_arguments, metrics_environment
-
+    run = run_py()
     env["XCALIBER_WEB_PROCESSES"] = str(workers)
-    metrics_environment(env, workers)
+    run.metrics_environment(env, workers)
     uvicorn = VENV_BIN / "uvicorn"
     prefix = [str(uvicorn)] if uvicorn.exists() else [str(python), "-m", "uvicorn"]
-    return [*prefix, *asgi_server_arguments(host, port, env)]
+    return [*prefix, *run.asgi_server_arguments(host, port, env)]
 
 
 def default_workers() -> int:
     """``run.py serve``'s default number of web processes."""
-    sys.path.insert(0, str(ROOT))
-    from run import default_web_workers
-
-    return default_web_workers()
+    return int(run_py().default_web_workers())
 
 
 def start_server(options: argparse.Namespace, workdir: Path) -> Server:

@@ -203,3 +203,22 @@ def test_the_leader_wakes_its_own_worker(pair: Any, monkeypatch: pytest.MonkeyPa
 
     assert woken == [True]
     assert received.empty()
+
+
+def test_a_wake_up_note_wakes_the_leaders_worker_only(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
+    settings.XCALIBER_READ_WORKER = "thread"
+    woken: list[bool] = []
+
+    class Worker:
+        def wake(self) -> None:
+            woken.append(True)
+
+    monkeypatch.setattr(dispatch, "embedded_worker", Worker)
+    monkeypatch.setattr(peers, "_leader", threading.Event())  # a follower
+
+    dispatch.embedded_worker_wake_from_peer(None)
+    assert woken == []
+
+    peers._leader.set()
+    dispatch.embedded_worker_wake_from_peer(None)
+    assert woken == [True]

@@ -59,7 +59,8 @@ def test_the_stack_starts_uvicorn_once_with_its_web_workers(monkeypatch: pytest.
         host="127.0.0.1", port=8000, web_workers=3, inference_workers=1, cpu_workers=1
     )
 
-    web = next(child for child in run.stack_children(options) if child.role == "web")
+    env = {**os.environ, "XCALIBER_WEB_PROCESSES": str(options.web_workers)}  # as stack_environment sets
+    web = next(child for child in run.stack_children(options, env) if child.role == "web")
 
     assert _workers(web.command) == ["3"]
 

@@ -18,12 +18,12 @@ from clinics.events.services import events_push_from_peer  # noqa: E402
 from clinics.records.tasks import images_derivatives_backfill  # noqa: E402
 from clinics.webhooks.tasks import sweeper_start  # noqa: E402
 from inference.reads.dispatch import PEER_NOTE as READS_WAKE_NOTE  # noqa: E402
-from inference.reads.dispatch import embedded_worker  # noqa: E402
+from inference.reads.dispatch import embedded_worker, embedded_worker_wake_from_peer  # noqa: E402
 from referrals.sla import referrals_flag_overdue  # noqa: E402
 from xcaliber.asgi_handler import UploadAwareASGIHandler  # noqa: E402
 from xcaliber.lib.allocator import keep_freed_buffers  # noqa: E402
 from xcaliber.lib.background import every, submit  # noqa: E402
-from xcaliber.lib.peers import is_leader, lead, peers_start  # noqa: E402
+from xcaliber.lib.peers import lead, peers_start  # noqa: E402
 from xcaliber.routing import UnknownRouteConsumer, websocket_urlpatterns  # noqa: E402
 
 if settings.XCALIBER["KEEP_FREED_BUFFERS"]:
@@ -73,17 +73,12 @@ def start_background() -> None:
         every("referrals-sla", 60.0, referrals_flag_overdue)
 
 
-def wake_if_leader(_payload: object) -> None:
-    if is_leader() and settings.XCALIBER_READ_WORKER == "thread":
-        embedded_worker().wake()
-
-
 if settings.XCALIBER_PEERS_DIR is None:
     start_background()
 else:
     peers = peers_start(settings.XCALIBER_PEERS_DIR)
     peers.on(EVENTS_NOTE, events_push_from_peer)
-    peers.on(READS_WAKE_NOTE, wake_if_leader)
+    peers.on(READS_WAKE_NOTE, embedded_worker_wake_from_peer)
     lead(settings.XCALIBER_PEERS_DIR / "leader.lock", start_background)
 
 # Webhook retries left from before a restart resume (the sweeper runs only with background threads; each

@@ -100,6 +100,12 @@ def embedded_worker_wake() -> None:
         group.broadcast(PEER_NOTE, None)
 
 
+def embedded_worker_wake_from_peer(_payload: object) -> None:
+    """A follower's ``embedded_worker_wake``: the leader wakes its worker; the other processes run none."""
+    if is_leader() and settings.XCALIBER_READ_WORKER == "thread":
+        embedded_worker().wake()
+
+
 def reads_dispatch(read_ids: Sequence[uuid.UUID]) -> None:
     """Hand queued reads to whatever runs them (``XCALIBER_READ_WORKER``); called after commit."""
     mode = settings.XCALIBER_READ_WORKER
