@@ -1,5 +1,6 @@
-"""Django's ASGI handler with two changes: raw file uploads are hashed and spilled as they arrive, and
-requests run their synchronous code on reused threads."""
+"""Django's ASGI handler with three changes: raw file uploads are hashed and spilled as they arrive,
+requests run their synchronous code on reused threads, and with several web processes a large upload's
+connection is closed after its response, so that uploads spread over the processes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext
+from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 
@@ -98,11 +100,43 @@ class RequestThreads:
 request_threads = RequestThreads()
 
 
+# With several web processes (uvicorn --workers) the processes share one listening socket, and a client's
+# connection stays with the process that accepted it for as long as the client keeps it alive. Clients
+# that open several connections at once (a PACS bridge, the benchmark's four) were often all accepted by
+# one process, which then did every upload on one core while the other process sat idle. So the
+# response to a large upload closes its connection: the client's next upload comes on a new connection,
+# which the process that is free accepts first. A TCP handshake is nothing beside a mebibyte body.
+HAND_OVER_BYTES = 1024 * 1024
+
+
+def is_large_upload(scope: dict[str, Any]) -> bool:
+    """A request whose body is at least HAND_OVER_BYTES, or of a length not given (chunked)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return value.isdigit() and int(value) >= HAND_OVER_BYTES
+        if name == b"transfer-encoding":
+            return b"chunked" in value.lower()
+    return False
+
+
+def _closing(send: Any) -> Any:
+    """``send``, with ``Connection: close`` added to the response's head (uvicorn then closes the
+    connection once the response is sent)."""
+
+    async def send_closing(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing
+
+
 class UploadAwareASGIHandler(ASGIHandler):
     """Django's ASGI handler, except that a raw file upload's body is hashed as it arrives and spilled to
     a named file in the upload directory, which the upload parser then adopts (one write, one hash).
     The hashing and writing happen on the body's lane thread, never on the server's loop. Each request's
-    synchronous code runs on a thread of :data:`request_threads`, not on a new one."""
+    synchronous code runs on a thread of :data:`request_threads`, not on a new one. With several web
+    processes, a large upload's connection is closed after its response (:data:`HAND_OVER_BYTES`)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -116,6 +150,8 @@ class UploadAwareASGIHandler(ASGIHandler):
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         _scope.set(scope)
+        if settings.XCALIBER_WEB_PROCESSES > 1 and is_large_upload(scope):
+            send = _closing(send)
         await super().handle(scope, receive, send)
 
     async def read_body(self, receive: Any) -> Any:

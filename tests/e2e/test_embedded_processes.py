@@ -1,11 +1,13 @@
 """The embedded default with two web processes (``run.py serve --web-workers 2``), against a real uvicorn
 with real WebSocket clients: a client connected to either process hears every event of its clinic,
 whichever process committed it; a ticket taken from one process opens the stream on the other; one
-process leads (runs the reads), and when it is killed the other takes over and reads go on."""
+process leads (runs the reads), and when it is killed the other takes over and reads go on; a large
+upload's connection is closed after its response, so that clients' uploads spread over the processes."""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import signal
@@ -18,6 +20,7 @@ import requests
 from websockets.sync.client import ClientConnection, connect
 
 from tests.e2e.support import HttpServer, wait_for
+from tests.records import corpus
 from tests.e2e.test_events import _read_events, _server_env, capture, open_stream, receive
 from tests.e2e.test_server import HTTP_TIMEOUT, bearer, migrate, register_and_login, start_server
 
@@ -94,6 +97,32 @@ def leaders(server: HttpServer) -> list[int]:
     return [int(pid) for pid in LEADS.findall(server.log_text(limit=10_000_000))]
 
 
+def large_uploads_close_their_connection(server: HttpServer, token: str) -> None:
+    """A DICOM upload of more than a mebibyte is answered with ``Connection: close`` and the server closes
+    the connection; small requests keep theirs (the same connection serves the next one)."""
+    data = corpus.dicom_bytes(rows=1000, columns=1200, bits=16, seed=90)
+    assert len(data) > 1024 * 1024
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=HTTP_TIMEOUT)
+    with contextlib.ExitStack() as stack:
+        stack.callback(connection.close)
+        for _ in range(2):
+            connection.request("GET", "/healthz")
+            small = connection.getresponse()
+            small.read()
+            assert small.status == 200
+            assert small.getheader("Connection") is None and not small.will_close
+        assert connection.sock is not None
+        client_socket = connection.sock.dup()  # http.client closes its own once the response says close
+        stack.callback(client_socket.close)
+        headers = {**bearer(token), "Content-Type": "application/dicom"}
+        connection.request("POST", "/api/v1/dicom/", body=data, headers=headers)
+        upload = connection.getresponse()
+        assert upload.status == 201, upload.read()
+        assert upload.getheader("Connection") == "close" and upload.will_close
+        upload.read()
+        assert client_socket.recv(1) == b""  # the server closed its end
+
+
 def test_two_processes_share_events_tickets_and_one_read_worker(two_processes: Any) -> None:
     server, data = two_processes
     wait_for("a leader", lambda: leaders(server) or None, 30)
@@ -139,3 +168,5 @@ def test_two_processes_share_events_tickets_and_one_read_worker(two_processes: A
     sockets = {path.name for path in (data / "run").glob("*.sock")}
     assert f"{leader}.sock" not in sockets
     requests.get(server.url("/healthz"), timeout=HTTP_TIMEOUT).raise_for_status()
+
+    large_uploads_close_their_connection(server, token)
