@@ -20,9 +20,9 @@ import requests
 from websockets.sync.client import ClientConnection, connect
 
 from tests.e2e.support import HttpServer, wait_for
-from tests.records import corpus
 from tests.e2e.test_events import _read_events, _server_env, capture, open_stream, receive
 from tests.e2e.test_server import HTTP_TIMEOUT, bearer, migrate, register_and_login, start_server
+from tests.records import corpus
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,8 @@ def large_uploads_close_their_connection(server: HttpServer, token: str) -> None
             small = connection.getresponse()
             small.read()
             assert small.status == 200
-            assert small.getheader("Connection") is None and not small.will_close
+            assert small.getheader("Connection") is None
+            assert not small.will_close
         assert connection.sock is not None
         client_socket = connection.sock.dup()  # http.client closes its own once the response says close
         stack.callback(client_socket.close)
@@ -118,7 +119,8 @@ def large_uploads_close_their_connection(server: HttpServer, token: str) -> None
         connection.request("POST", "/api/v1/dicom/", body=data, headers=headers)
         upload = connection.getresponse()
         assert upload.status == 201, upload.read()
-        assert upload.getheader("Connection") == "close" and upload.will_close
+        assert upload.getheader("Connection") == "close"
+        assert upload.will_close
         upload.read()
         assert client_socket.recv(1) == b""  # the server closed its end
 
