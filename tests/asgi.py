@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 
 from xcaliber.asgi_handler import UploadAwareASGIHandler
+
+
+def http_scope(method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
+    """An HTTP request's ASGI scope, as uvicorn builds it (``Host: testserver`` first)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
 
 
 def asgi_post(
@@ -18,20 +37,7 @@ def asgi_post(
     The handler runs without its per-request thread, so the view uses the test's database connection
     and leaves no connection open behind it (use ``django_db(transaction=True)``).
     """
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope("POST", path, headers)
     handler = UploadAwareASGIHandler()
 
     async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -10,31 +10,18 @@ import pytest
 from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 
+from tests.asgi import http_scope
 from xcaliber.asgi_handler import HAND_OVER_BYTES, UploadAwareASGIHandler, is_large_upload
-
-
-def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/no-such-route/",
-        "raw_path": b"/no-such-route/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"text/plain"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
 
 
 def _post(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
     """POST ``body`` through the handler's full entry point (an unknown route: a 404, no database)."""
 
     async def exchange() -> tuple[int, list[tuple[bytes, bytes]]]:
-        communicator = ApplicationCommunicator(UploadAwareASGIHandler(), _scope(headers))
+        communicator = ApplicationCommunicator(
+            UploadAwareASGIHandler(),
+            http_scope("POST", "/no-such-route/", [(b"content-type", b"text/plain"), *headers]),
+        )
         await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
         head = await communicator.receive_output(30)
         while (await communicator.receive_output(30)).get("more_body"):

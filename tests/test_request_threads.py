@@ -13,29 +13,13 @@ from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 from django.core.signals import request_started
 
+from tests.asgi import http_scope
 from xcaliber.asgi_handler import RequestThreads, UploadAwareASGIHandler, _RequestThread, request_threads
-
-
-def _scope(path: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
 
 
 async def _get_with_headers(handler: UploadAwareASGIHandler, path: str) -> tuple[int, dict[bytes, bytes]]:
     """One GET through the handler's full entry point, as a server calls it."""
-    communicator = ApplicationCommunicator(handler, _scope(path))
+    communicator = ApplicationCommunicator(handler, http_scope("GET", path))
     await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
     head = await communicator.receive_output(30)
     while (await communicator.receive_output(30)).get("more_body"):
