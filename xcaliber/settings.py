@@ -338,6 +338,10 @@ XCALIBER = {
     "THUMBNAIL_MAX_SIDE": env_int("XCALIBER_THUMBNAIL_MAX_SIDE", 256, minimum=32),
     # Previews are rendered in a child process of the server (clinics.records.render); 0: on its thread.
     "PREVIEW_PROCESS": env_bool("XCALIBER_PREVIEW_PROCESS", True),
+    # Uploads are written to local disk past the page cache (O_DIRECT, xcaliber.lib.direct_write) where
+    # the file system allows it. Default: with local storage, where the file stays put and is read back
+    # once, for its preview; with S3 the request reads it again at once to send it, from the page cache.
+    "UPLOAD_DIRECT_WRITES": env_bool("XCALIBER_UPLOAD_DIRECT_WRITES", not S3_BUCKET),
     # The server and its preview process keep freed buffers for reuse (xcaliber.lib.allocator; glibc only).
     "KEEP_FREED_BUFFERS": env_bool("XCALIBER_KEEP_FREED_BUFFERS", True),
     # AI reads: the worker claims up to READ_BATCH_MAX queued reads at once, waiting READ_BATCH_WINDOW_MS

@@ -18,6 +18,7 @@ from clinics.tenancy.models import Role
 from clinics.tenancy.services import api_key_create
 from tests.asgi import asgi_post
 from tests.conftest import Cast
+from tests.pagecache import cached_pages, direct_writes_work_in
 from tests.records import corpus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,6 +62,23 @@ def test_a_raw_dicom_body_is_stored_from_the_spilled_file(
     with default_storage.open(image.storage_key, "rb") as handle:
         assert handle.read() == data
     assert _uploads_left(settings) == []
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_stored_original_is_written_past_the_page_cache_unless_told_not_to(
+    cast: Cast, settings: Any, direct: bool
+) -> None:
+    direct_writes_work_in(Path(settings.FILE_UPLOAD_TEMP_DIR))
+    settings.XCALIBER = {**settings.XCALIBER, "UPLOAD_DIRECT_WRITES": direct}
+    data = corpus.dicom_bytes(rows=1200, columns=1500, seed=6)  # 3.6 MB: two buffers and a tail
+    status, content = _post(cast, data, "application/dicom", chunk=262_144)
+    assert status == 201, content[:500]
+
+    path = Path(default_storage.path(Image.objects.get().storage_key))
+    cached, pages = cached_pages(path)
+    # Direct: only pages read since (the DICOM header, the tail written through the cache) are there.
+    assert cached < pages // 10 if direct else cached == pages
+    assert path.read_bytes() == data
 
 
 def test_a_small_raw_body_stays_in_memory_and_is_stored_too(cast: Cast, settings: Any) -> None:
@@ -116,9 +134,9 @@ def test_the_body_is_hashed_and_written_on_its_lane_not_on_the_servers_loop(
     absorbed_on: list[str] = []
     absorb = HashedBody._absorb
 
-    def recording(self: HashedBody, pieces: list[bytes]) -> None:
+    def recording(self: HashedBody, pieces: list[bytes], final: bool) -> None:
         absorbed_on.append(threading.current_thread().name)
-        absorb(self, pieces)
+        absorb(self, pieces, final)
 
     monkeypatch.setattr(HashedBody, "_absorb", recording)
     data = os.urandom(4 * BODY_BLOCK_SIZE + 777)
