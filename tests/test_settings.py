@@ -236,3 +236,23 @@ def test_zero_web_processes_is_refused_naming_the_variable(tmp_path: Path) -> No
 
     assert result.returncode != 0
     assert "ImproperlyConfigured: XCALIBER_WEB_PROCESSES must be >= 1" in result.stderr
+
+
+PRINT_DIRECT_WRITES = (
+    "import django; django.setup(); from django.conf import settings; "
+    "print(settings.XCALIBER['UPLOAD_DIRECT_WRITES'])"
+)
+
+
+def test_uploads_are_written_past_the_page_cache_with_local_storage_only_by_default(tmp_path: Path) -> None:
+    local = run_python(["-c", PRINT_DIRECT_WRITES], _clean_environ(tmp_path))
+    s3 = run_python(["-c", PRINT_DIRECT_WRITES], _clean_environ(tmp_path, XCALIBER_S3_BUCKET="radiographs"))
+    told = run_python(
+        ["-c", PRINT_DIRECT_WRITES],
+        _clean_environ(tmp_path, XCALIBER_S3_BUCKET="radiographs", XCALIBER_UPLOAD_DIRECT_WRITES="1"),
+    )
+    off = run_python(["-c", PRINT_DIRECT_WRITES], _clean_environ(tmp_path, XCALIBER_UPLOAD_DIRECT_WRITES="0"))
+
+    assert [r.stdout.strip() for r in (local, s3, told, off)] == ["True", "False", "True", "False"], [
+        r.stderr[-300:] for r in (local, s3, told, off)
+    ]
