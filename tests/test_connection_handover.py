@@ -4,12 +4,14 @@ free process accepts. Small requests, and every request of a single process, kee
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 
+from clinics.records.ingest.receive import uploads_mark
 from tests.asgi import http_scope
 from xcaliber.asgi_handler import HAND_OVER_BYTES, UploadAwareASGIHandler, is_large_upload
 
@@ -79,3 +81,15 @@ def test_a_single_process_keeps_every_connection(settings: Any) -> None:
     status, headers = _post(_length(len(body)), body)
     assert status == 404
     assert b"connection" not in dict(headers)
+
+
+@pytest.mark.parametrize(("size", "marked"), [(HAND_OVER_BYTES, True), (HAND_OVER_BYTES - 1, False)])
+def test_a_large_upload_marks_that_uploads_are_arriving(
+    settings: Any, tmp_path: Path, size: int, marked: bool
+) -> None:
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)  # where every process of the server finds the mark
+    assert uploads_mark().seconds_since() == float("inf")
+
+    _post(_length(size), b"x" * size)
+
+    assert (uploads_mark().seconds_since() < 60) is marked

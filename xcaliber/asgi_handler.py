@@ -1,6 +1,7 @@
 """Django's ASGI handler with three changes: raw file uploads are hashed and spilled as they arrive,
-requests run their synchronous code on reused threads, and with several web processes a large upload's
-connection is closed after its response, so that uploads spread over the processes."""
+requests run their synchronous code on reused threads, a large upload marks that uploads are arriving
+(previews wait for them to pass), and with several web processes a large upload's connection is closed
+after its response, so that uploads spread over the processes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 
-from clinics.records.ingest.receive import hashed_body_for
+from clinics.records.ingest.receive import hashed_body_for, uploads_mark
 
 _scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("asgi_scope")
 
@@ -150,8 +151,10 @@ class UploadAwareASGIHandler(ASGIHandler):
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         _scope.set(scope)
-        if settings.XCALIBER_WEB_PROCESSES > 1 and is_large_upload(scope):
-            send = _closing(send)
+        if is_large_upload(scope):
+            uploads_mark().touch()  # previews wait for a burst of uploads to pass
+            if settings.XCALIBER_WEB_PROCESSES > 1:
+                send = _closing(send)
         await super().handle(scope, receive, send)
 
     async def read_body(self, receive: Any) -> Any:

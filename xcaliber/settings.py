@@ -336,6 +336,9 @@ XCALIBER = {
     ),
     "PREVIEW_MAX_SIDE": env_int("XCALIBER_PREVIEW_MAX_SIDE", 2048, minimum=256),
     "THUMBNAIL_MAX_SIDE": env_int("XCALIBER_THUMBNAIL_MAX_SIDE", 256, minimum=32),
+    # On the background thread a preview waits while uploads keep arriving (none started for 0.25 s), at
+    # most this long after its image was stored (clinics.records.tasks); 0: never waits.
+    "PREVIEW_DEFER_SECONDS": env_int("XCALIBER_PREVIEW_DEFER_SECONDS", 10, minimum=0, maximum=3600),
     # Previews are rendered in a child process of the server (clinics.records.render); 0: on its thread.
     "PREVIEW_PROCESS": env_bool("XCALIBER_PREVIEW_PROCESS", True),
     # Uploads are written to local disk past the page cache (O_DIRECT, xcaliber.lib.direct_write) where

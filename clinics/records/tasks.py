@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 
 from clinics.records import render, storage
+from clinics.records.ingest.receive import uploads_mark
 from clinics.records.models import DerivativeStatus, Image
 from clinics.records.render import DERIVATIVES_NICENESS
 
@@ -39,6 +40,19 @@ def derivatives_yield_cpu() -> None:
         logger.debug("could not lower the derivative thread's priority: %s", exc)
 
 
+def derivatives_wait_for_uploads(image: Image) -> float:
+    """On a background thread of the embedded mode (``XCALIBER_BACKGROUND=thread``): wait while uploads
+    keep arriving on this machine, at most ``PREVIEW_DEFER_SECONDS`` after ``image`` was stored; returns
+    the seconds waited. A burst of uploads goes first, and its previews follow it (bench/README.md,
+    "seventh machine"); a lone upload's preview starts a quarter of a second after it did."""
+    defer = settings.XCALIBER["PREVIEW_DEFER_SECONDS"]
+    if settings.XCALIBER_BACKGROUND != "thread" or defer <= 0:
+        return 0.0
+    if threading.current_thread() is threading.main_thread():
+        return 0.0
+    return uploads_mark().wait_until_quiet(deadline=image.created_at.timestamp() + defer)
+
+
 def image_derivatives_make(image_id: uuid.UUID) -> str:
     """Render and store the image's preview and thumbnail; returns the resulting preview status.
 
@@ -46,7 +60,8 @@ def image_derivatives_make(image_id: uuid.UUID) -> str:
     file that cannot be decoded marks the image ``failed`` with the reason (the original stays
     available). If the image was deleted meanwhile, whatever was written is removed again. From a
     background thread the pixels are rendered in a child process below the uploads' CPU priority
-    (:mod:`clinics.records.render`), and the thread itself runs below it too (:func:`derivatives_yield_cpu`).
+    (:mod:`clinics.records.render`), and the thread itself runs below it too (:func:`derivatives_yield_cpu`),
+    once the uploads arriving meanwhile have passed (:func:`derivatives_wait_for_uploads`).
     """
     image = Image.objects.filter(id=image_id).first()
     if image is None:
@@ -54,6 +69,7 @@ def image_derivatives_make(image_id: uuid.UUID) -> str:
     if image.preview_status == DerivativeStatus.READY:
         return image.preview_status
     derivatives_yield_cpu()
+    derivatives_wait_for_uploads(image)
     options = settings.XCALIBER
     try:
         with storage.local_copy(image.storage_key) as path:

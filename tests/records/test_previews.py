@@ -22,8 +22,9 @@ from clinics.records.models import Image
 from clinics.tenancy.models import Role
 from tests.conftest import Cast
 from tests.records import corpus
-from tests.records.factories import make_study, stored_keys
+from tests.records.factories import make_image, make_study, stored_keys
 from xcaliber.lib import radiograph
+from xcaliber.lib.activity import ActivityMark
 
 pytestmark = pytest.mark.django_db
 
@@ -398,3 +399,42 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has exited; only its parent (here, init) has yet to reap it
+
+
+@pytest.mark.django_db(transaction=True)  # the preview runs on another thread, with its own connection
+def test_on_the_background_thread_a_preview_waits_for_the_uploads_arriving_until_its_deadline(
+    cast: Cast, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = make_image(make_study(cast.clinic), with_previews=False)
+    settings.XCALIBER = {**settings.XCALIBER, "PREVIEW_PROCESS": False, "PREVIEW_DEFER_SECONDS": 7}
+    waits: list[tuple[str, float]] = []
+
+    def wait_until_quiet(self: ActivityMark, *, deadline: float) -> float:
+        waits.append((self.path.name, deadline))
+        assert Image.objects.get(id=image.id).preview_status == "pending"  # before rendering
+        return 0.0
+
+    monkeypatch.setattr(ActivityMark, "wait_until_quiet", wait_until_quiet)
+    settings.XCALIBER_BACKGROUND = "thread"
+
+    assert _on_a_thread(lambda: tasks.image_derivatives_make(image.id)) == "ready"
+    assert waits == [(".uploads-arriving", image.created_at.timestamp() + 7)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("where", ["main thread", "inline", "never defer"])
+def test_commands_inline_work_and_a_zero_deferral_never_wait_for_uploads(
+    cast: Cast, settings: Any, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    image = make_image(make_study(cast.clinic), with_previews=False)
+    settings.XCALIBER = {**settings.XCALIBER, "PREVIEW_PROCESS": False}
+    settings.XCALIBER_BACKGROUND = "inline" if where == "inline" else "thread"
+    if where == "never defer":
+        settings.XCALIBER = {**settings.XCALIBER, "PREVIEW_DEFER_SECONDS": 0}
+
+    def must_not_wait(self: ActivityMark, *, deadline: float) -> float:
+        raise AssertionError("waited for uploads")
+
+    monkeypatch.setattr(ActivityMark, "wait_until_quiet", must_not_wait)
+    make = lambda: tasks.image_derivatives_make(image.id)  # noqa: E731
+    assert (make() if where == "main thread" else _on_a_thread(make)) == "ready"

@@ -34,6 +34,7 @@ from django.core.files.uploadhandler import FileUploadHandler
 from django.core.handlers.asgi import ASGIRequest
 from rest_framework.parsers import BaseParser, MultiPartParser
 
+from xcaliber.lib.activity import ActivityMark
 from xcaliber.lib.direct_write import DirectAppender
 from xcaliber.lib.problems import Problem
 
@@ -71,6 +72,12 @@ def upload_temp_dir() -> Path:
     path = Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir())
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def uploads_mark() -> ActivityMark:
+    """Touched as each large upload starts (by the ASGI handler, in every process of the server on this
+    machine); previews wait for it to go quiet (:mod:`xcaliber.lib.activity`)."""
+    return ActivityMark(Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir()) / ".uploads-arriving")
 
 
 def too_large(limit: int) -> Problem:
