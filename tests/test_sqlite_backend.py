@@ -7,7 +7,10 @@ Each test builds its own wrappers on a temporary file, whatever database the sui
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -347,3 +350,120 @@ def test_a_rollback_releases_the_writer_lock(db_file: str, wrapper: Wrapper) -> 
             _insert(second, "next")
         assert not base._writer_lock(db_file).locked()
         assert _names(second) == ["next"]
+
+
+# ---------------------------------------------------------------------------- writers of several processes
+
+# A second process on the same database file: it opens a transaction (BEGIN IMMEDIATE through the
+# backend), says so, and commits when told (a line on its standard input), or is killed holding it.
+OTHER_PROCESS_WRITER = """
+import sys
+import django
+from django.conf import settings
+
+settings.configure(DATABASES={"default": {"ENGINE": "xcaliber.lib.sqlite", "NAME": sys.argv[1],
+    "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 5, "init_command": "PRAGMA journal_mode=WAL;"}}})
+django.setup()
+from django.db import connection, transaction
+
+with transaction.atomic():
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO item (name) VALUES ('other process')")
+    print("holding", flush=True)
+    sys.stdin.readline()
+print("committed", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def _other_process_writing(db_file: str) -> Iterator[subprocess.Popen[str]]:
+    other = subprocess.Popen(
+        [sys.executable, "-c", OTHER_PROCESS_WRITER, db_file],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline().strip() == "holding"
+        yield other
+    finally:
+        other.kill()
+        other.wait(WAIT)
+
+
+def test_a_writer_waits_for_another_processs_transaction_in_the_queue_not_in_sqlites_sleeps(
+    db_file: str, wrapper: Wrapper
+) -> None:
+    began = threading.Event()
+    seen: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with _registered(wrapper("mine", timeout=WAIT)) as mine:
+                mine.ensure_connection()
+                assert mine.connection is not None
+                mine.connection.execute("PRAGMA busy_timeout = 0")  # SQLite's own wait: none at all
+                with transaction.atomic(using="mine"):
+                    began.set()
+                    seen.append(_names(mine))
+                    _insert(mine, "mine")
+        except BaseException as exc:
+            errors.append(exc)
+            began.set()
+
+    with _other_process_writing(db_file) as other:
+        thread = _thread(writer)
+        assert not began.wait(0.3)  # queued behind the other process's open transaction
+        assert other.stdin is not None
+        assert other.stdout is not None
+        other.stdin.write("commit\n")
+        other.stdin.flush()
+        assert other.stdout.readline().strip() == "committed"
+        thread.join(WAIT)
+
+    assert errors == []
+    assert seen == [["other process"]]  # began once the other process had committed
+
+
+def test_the_queue_of_a_process_that_dies_holding_it_is_free_at_once(db_file: str, wrapper: Wrapper) -> None:
+    with _other_process_writing(db_file) as other:
+        assert not base.WriterLock(db_file).acquire(timeout=0.2)  # held by the other process
+        other.kill()
+        other.wait(WAIT)
+        lock = base.WriterLock(db_file)
+        assert lock.acquire(timeout=WAIT)
+        lock.release()
+    with _registered(wrapper("after")) as after, transaction.atomic(using="after"):
+        _insert(after, "after")  # the dead process's transaction was rolled back
+    assert _names(after) == ["after"]
+
+
+def test_a_queue_that_times_out_keeps_nothing_and_the_next_try_gets_it(db_file: str) -> None:
+    first, second = base.WriterLock(db_file), base.WriterLock(db_file)  # two processes' queues
+    assert first.acquire(timeout=1)
+    assert not second.acquire(timeout=0.2)
+    assert not second.locked()  # its own thread lock given back as well
+    assert not second.acquire(blocking=False)
+    first.release()
+    assert second.acquire(blocking=False)
+    second.release()
+
+
+def test_without_a_lock_file_the_processes_take_turns_by_sqlites_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def read_only_folder(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith("-writer.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only_folder)
+    lock = base.WriterLock(str(tmp_path / "x.sqlite3"))
+    assert lock.acquire(timeout=1)
+    assert lock.locked()
+    lock.release()
+    assert not lock.locked()
