@@ -177,6 +177,7 @@ def _isolated_files(settings: Any, tmp_path: Path) -> None:
     }
     (tmp_path / "uploads").mkdir()
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "uploads")
+    settings.XCALIBER_UPLOADS_MARK = str(tmp_path / "run" / "uploads-arriving")
 
 
 @dataclass(frozen=True)

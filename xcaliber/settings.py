@@ -424,6 +424,8 @@ XCALIBER_BACKGROUND = env_choice("XCALIBER_BACKGROUND", ("thread", "inline"), "t
 # Uploads land in a temporary file beside local storage, so storing one is a rename.
 FILE_UPLOAD_TEMP_DIR = env_str("XCALIBER_UPLOAD_TEMP_DIR", str(DATA_DIR / "tmp"))
 Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+# Touched as each large upload starts, by every web process on this machine (xcaliber.lib.activity).
+XCALIBER_UPLOADS_MARK = str(DATA_DIR / "run" / "uploads-arriving")
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = XCALIBER["MAX_FILES_PER_REQUEST"]
 

@@ -418,7 +418,7 @@ def test_on_the_background_thread_a_preview_waits_for_the_uploads_arriving_until
     settings.XCALIBER_BACKGROUND = "thread"
 
     assert _on_a_thread(lambda: tasks.image_derivatives_make(image.id)) == "ready"
-    assert waits == [(".uploads-arriving", image.created_at.timestamp() + 7)]
+    assert waits == [("uploads-arriving", image.created_at.timestamp() + 7)]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -33,7 +33,7 @@ class ActivityMark:
         try:
             os.utime(self.path)
         except FileNotFoundError:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.path.touch()
 
     def seconds_since(self) -> float:

@@ -77,7 +77,7 @@ def upload_temp_dir() -> Path:
 def uploads_mark() -> ActivityMark:
     """Touched as each large upload starts (by the ASGI handler, in every process of the server on this
     machine); previews wait for it to go quiet (:mod:`xcaliber.lib.activity`)."""
-    return ActivityMark(Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir()) / ".uploads-arriving")
+    return ActivityMark(settings.XCALIBER_UPLOADS_MARK)
 
 
 def too_large(limit: int) -> Problem:
