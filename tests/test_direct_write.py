@@ -121,3 +121,13 @@ def test_close_without_finish_drops_the_rest_and_reuses_the_buffer(tmp_path: Pat
 
     assert direct_write.idle_buffers() == min(idle_before + 1, direct_write.KEEP_BUFFERS)
     assert (tmp_path / "upload").stat().st_size == BUFFER_SIZE  # the one whole buffer written, no more
+
+
+def test_an_appender_dropped_without_close_closes_its_file(tmp_path: Path) -> None:
+    appender, _ = _append_all(tmp_path / "upload", os.urandom(10_000), 4096)
+    fd = appender._fd
+    assert fd is not None
+    del appender  # a parser that gave up halfway, without upload_interrupted
+
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)

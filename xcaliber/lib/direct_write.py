@@ -129,6 +129,9 @@ class DirectAppender:
             buffer, self._buffer = self._buffer, None
             _give_back(buffer)
 
+    def __del__(self) -> None:  # an appender dropped without finish or close (a parser that gave up)
+        self.close()
+
     def _buffered(self) -> None:
         if self.direct:
             assert self._fd is not None
