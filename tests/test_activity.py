@@ -35,7 +35,7 @@ class FakeClock:
 
 @pytest.fixture
 def mark(tmp_path: Path) -> ActivityMark:
-    return ActivityMark(tmp_path / "uploads" / ".uploads-arriving")
+    return ActivityMark(tmp_path / "run" / "uploads-arriving")
 
 
 def _clock(monkeypatch: pytest.MonkeyPatch, mark: ActivityMark, **kwargs: float) -> FakeClock:

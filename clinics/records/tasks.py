@@ -19,6 +19,13 @@ from clinics.records.render import DERIVATIVES_NICENESS
 logger = logging.getLogger(__name__)
 
 
+def _on_background_thread() -> bool:
+    """Whether the caller is a background thread of the embedded mode (``XCALIBER_BACKGROUND=thread``):
+    never a command's main thread, nor a request's thread running background work inline."""
+    on_main = threading.current_thread() is threading.main_thread()
+    return settings.XCALIBER_BACKGROUND == "thread" and not on_main
+
+
 def derivatives_yield_cpu() -> None:
     """Lower the CPU priority of the calling background thread to ``DERIVATIVES_NICENESS``.
 
@@ -28,9 +35,7 @@ def derivatives_yield_cpu() -> None:
     an unprivileged process cannot raise a priority again: the thread is the one that runs the
     records' after-commit tasks (derivatives), so it keeps the lower priority, by design.
     """
-    if not sys.platform.startswith("linux") or settings.XCALIBER_BACKGROUND != "thread":
-        return
-    if threading.current_thread() is threading.main_thread():
+    if not sys.platform.startswith("linux") or not _on_background_thread():
         return
     thread_id = threading.get_native_id()
     try:
@@ -46,9 +51,7 @@ def derivatives_wait_for_uploads(image: Image) -> float:
     the seconds waited. A burst of uploads goes first, and its previews follow it (bench/README.md,
     "seventh machine"); a lone upload's preview starts a quarter of a second after it did."""
     defer = settings.XCALIBER["PREVIEW_DEFER_SECONDS"]
-    if settings.XCALIBER_BACKGROUND != "thread" or defer <= 0:
-        return 0.0
-    if threading.current_thread() is threading.main_thread():
+    if defer <= 0 or not _on_background_thread():
         return 0.0
     return uploads_mark().wait_until_quiet(deadline=image.created_at.timestamp() + defer)
 
