@@ -19,6 +19,7 @@ from billing.conf import billing_conf
 from billing.models import Subscription, SubscriptionStatus
 from billing.plans import TRIAL_PLAN, Plan, plan_get
 from clinics.tenancy.models import Clinic
+from xcaliber.lib.prepared import PreparedQuery, field_param
 from xcaliber.lib.problems import Problem
 
 
@@ -86,9 +87,17 @@ def entitlement_for(
     )
 
 
+# Each upload's read asks (inside the upload's transaction): compiled once (xcaliber.lib.prepared).
+_CLINIC_WITH_SUBSCRIPTION = PreparedQuery(
+    lambda: Clinic.objects.select_related("subscription").filter(id=field_param(Clinic, "id"))[:1]
+)
+
+
 def clinic_entitlement(*, clinic_id: uuid.UUID, now: datetime | None = None) -> Entitlement:
     """The clinic's entitlement, from one query (the clinic with its subscription, if any)."""
-    clinic = Clinic.objects.select_related("subscription").get(id=clinic_id)
+    clinic = _CLINIC_WITH_SUBSCRIPTION.first(id=clinic_id)
+    if clinic is None:
+        raise Clinic.DoesNotExist(f"no clinic {clinic_id}")
     try:
         subscription: Subscription | None = clinic.subscription
     except Subscription.DoesNotExist:

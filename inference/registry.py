@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from inference.models import ModelVersion, ModelVersionStatus
+from xcaliber.lib.prepared import PreparedQuery
 from xcaliber.lib.problems import Conflict
 
 if TYPE_CHECKING:
@@ -174,10 +175,21 @@ def model_version_retire(*, version: ModelVersion, changed_by: str) -> None:
     logger.info("model %s retired by %s", locked.label, changed_by)
 
 
+# Each upload asks, inside its transaction: compiled once (xcaliber.lib.prepared), without the model
+# card and metrics (large JSON documents that choosing a version does not read; loaded if asked for).
+_ACTIVE_VERSIONS = PreparedQuery(
+    lambda: (
+        ModelVersion.objects.filter(status=ModelVersionStatus.ACTIVE)
+        .defer("card", "metrics")
+        .order_by("-activated_at")
+    )
+)
+
+
 def active_model_for(*, species: str, body_region: str) -> ModelVersion | None:
     """The active version that reads this species and region, if any (a handful of rows: filtered here,
     since JSON containment lookups are not available on SQLite)."""
-    for version in ModelVersion.objects.filter(status=ModelVersionStatus.ACTIVE).order_by("-activated_at"):
+    for version in _ACTIVE_VERSIONS.all():
         if version.covers(species=species, body_region=body_region):
             return version
     return None

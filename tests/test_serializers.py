@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from django.urls import get_resolver
 from rest_framework import serializers
 
+from clinics.records.api.serializers import ImageOutputSerializer, PatientSummarySerializer
 from clinics.records.models import Image
-from xcaliber.lib.serializers import ModelSerializer
+from tests.conftest import Cast
+from tests.records.factories import make_image, make_study
+from xcaliber.lib.serializers import ModelSerializer, _per_thread, represent
 
 
 def _all_subclasses(cls: type) -> list[type]:
@@ -70,3 +74,32 @@ def test_the_model_is_read_once_per_class(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == [Fresh]
     made[0].fields["width"].label = "changed"  # one instance's field is its own
     assert made[1].fields["width"].label != "changed"
+
+
+@pytest.mark.django_db
+def test_represent_gives_data_from_one_serializer_per_class_and_thread(cast: Cast) -> None:
+    study = make_study(cast.clinic)
+    images = [make_image(study, seed=seed) for seed in range(2)] + [
+        make_image(study, seed=9, with_previews=False)
+    ]
+    for image in images:  # links differ with the preview's status: nothing kept from the last one
+        assert represent(ImageOutputSerializer, image) == dict(ImageOutputSerializer(image).data)
+    assert represent(PatientSummarySerializer, study.patient) == dict(
+        PatientSummarySerializer(study.patient).data
+    )
+    kept = _per_thread.serializers
+    assert set(kept) == {ImageOutputSerializer, PatientSummarySerializer}
+    first = kept[ImageOutputSerializer]
+    represent(ImageOutputSerializer, images[0])
+    assert _per_thread.serializers[ImageOutputSerializer] is first
+    elsewhere: list[Any] = []
+
+    def other_thread() -> None:
+        represent(ImageOutputSerializer, images[0])
+        elsewhere.append(_per_thread.serializers[ImageOutputSerializer])
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert elsewhere
+    assert elsewhere[0] is not first

@@ -19,6 +19,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from clinics.tenancy.models import ApiKey, User
+from xcaliber.lib.prepared import PreparedQuery, field_param
 
 API_KEY_SCHEME = b"api-key"
 API_KEY_TAG = "xck"
@@ -50,6 +51,16 @@ def refresh_tokens_revoke_all(*, user_id: uuid.UUID | str | None) -> int:
     return len(tokens)
 
 
+# Every request of a bridge or PACS makes this lookup: compiled once (xcaliber.lib.prepared).
+_API_KEY_BY_PREFIX = PreparedQuery(
+    lambda: (
+        ApiKey.objects.select_related("clinic")
+        .filter(prefix=field_param(ApiKey, "prefix"))
+        .order_by("pk")[:1]
+    )
+)
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     """``Authorization: Api-Key xck_<prefix>_<secret>``; the request's user is the ApiKey."""
 
@@ -67,7 +78,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         prefix, _, secret = rest.partition("_")
         if tag != API_KEY_TAG or not prefix or not secret:
             raise exceptions.AuthenticationFailed("Malformed API key.", code="api_key_invalid")
-        api_key = ApiKey.objects.select_related("clinic").filter(prefix=prefix).first()
+        api_key = _API_KEY_BY_PREFIX.first(prefix=prefix)
         if api_key is None or not hmac.compare_digest(api_key.secret_hash, api_key_hash(full_key)):
             raise exceptions.AuthenticationFailed("Unknown API key.", code="api_key_invalid")
         if api_key.revoked_at is not None:

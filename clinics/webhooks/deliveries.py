@@ -34,6 +34,7 @@ from clinics.tenancy.services import audit_record
 from clinics.webhooks import guard, sender
 from clinics.webhooks.models import TEST_EVENT_TYPE, DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from clinics.webhooks.signing import SIGNATURE_HEADER, signature_header
+from xcaliber.lib.prepared import PreparedQuery, field_param
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ def retry_delay(attempts: int, *, jitter: Callable[[], float] = random.random) -
 # ---------------------------------------------------------------------------- fan-out
 
 
+# Asked after every transaction that wrote events (each upload): compiled once (xcaliber.lib.prepared).
+_ACTIVE_ENDPOINTS = PreparedQuery(
+    lambda: WebhookEndpoint.objects.filter(
+        clinic_id=field_param(WebhookEndpoint, "clinic_id"), is_active=True
+    ).only("id", "event_types")
+)
+
+
 def webhook_deliveries_fan_out(events: Sequence[Event]) -> list[uuid.UUID]:
     """Create the deliveries of committed events (those of one transaction): one per active endpoint of
     the event's clinic that subscribes to its type, with one endpoint query per clinic and nothing more
@@ -69,9 +78,7 @@ def webhook_deliveries_fan_out(events: Sequence[Event]) -> list[uuid.UUID]:
     events = [event for event in events if event.type != TEST_EVENT_TYPE]  # a test goes to one endpoint
     created: list[uuid.UUID] = []
     for clinic_id in dict.fromkeys(event.clinic_id for event in events):
-        endpoints = list(
-            WebhookEndpoint.objects.filter(clinic_id=clinic_id, is_active=True).only("id", "event_types")
-        )
+        endpoints = _ACTIVE_ENDPOINTS.all(clinic_id=clinic_id)
         wanted = [
             (event, endpoint)
             for event in events

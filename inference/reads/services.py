@@ -29,6 +29,7 @@ from inference.models import Finding, ModelVersion, ModelVersionStatus, Read, Re
 from inference.reads import events
 from inference.reads.dispatch import reads_dispatch
 from inference.registry import active_model_for
+from xcaliber.lib.prepared import PreparedInsert
 from xcaliber.lib.problems import Conflict, Problem
 
 
@@ -42,9 +43,13 @@ def read_key(read: Read, name: str) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
+# Each upload queues a read inside its transaction: the insert is compiled once (xcaliber.lib.prepared).
+_READ_INSERT = PreparedInsert(Read)
+
+
 def read_create(*, image: Image, study: Study, model_version: ModelVersion, requested_by: Any = None) -> Read:
     """A queued read of ``image``; dispatched after the surrounding transaction commits."""
-    read = Read.objects.create(
+    read = Read(
         clinic_id=image.clinic_id,
         study=study,
         image=image,
@@ -53,6 +58,7 @@ def read_create(*, image: Image, study: Study, model_version: ModelVersion, requ
         species=study.patient.species,
         requested_by=requested_by,
     )
+    _READ_INSERT.insert(read)
     events.read_event(read, ReadStatus.QUEUED)
     transaction.on_commit(lambda: reads_dispatch([read.id]))
     return read

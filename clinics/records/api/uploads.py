@@ -30,6 +30,7 @@ from clinics.records.ingest.receive import (
 from clinics.records.ingest.services import Stored
 from clinics.tenancy.api.base import IDEMPOTENCY_PARAMETER, ClinicAPIView, idempotent_response
 from clinics.tenancy.models import Role
+from xcaliber.lib.serializers import represent
 
 UPLOAD_PROBLEMS = (409, 411, 413, 415, 422)
 RAW_BODY = {
@@ -58,7 +59,7 @@ def _created_status(created: list[bool]) -> int:
 
 def _stored_image(stored: Stored) -> dict[str, Any]:
     """An image as ``StoredImageOutputSerializer`` describes it: the image and whether it is new."""
-    return {**s.ImageOutputSerializer(stored.image).data, "created": stored.created}
+    return {**represent(s.ImageOutputSerializer, stored.image), "created": stored.created}
 
 
 class UploadView(ClinicAPIView):
@@ -99,7 +100,7 @@ class StudyImagesView(UploadView):
                 actor=self.actor, study=study, files=files, view=options.validated_data.get("view", "")
             )
             fresh = selectors.study_list(clinic=self.actor.clinic).get(id=study.id)
-            images = [{**s.ImageOutputSerializer(r.image).data, "created": r.created} for r in stored]
+            images = [_stored_image(r) for r in stored]
             body = {"study": s.StudyOutputSerializer(fresh).data, "images": images}
             return _created_status([r.created for r in stored]), body
 
@@ -134,9 +135,9 @@ class DicomInstancesView(UploadView):
             stored = ingest.dicom_instances_store(actor=self.actor, files=files)
             instances = [
                 {
-                    "patient": s.PatientSummarySerializer(r.patient).data,
+                    "patient": represent(s.PatientSummarySerializer, r.patient),
                     "study": str(r.study.id),
-                    "image": {**s.ImageOutputSerializer(r.image).data, "created": r.created},
+                    "image": _stored_image(Stored(r.image, r.created)),
                 }
                 for r in stored
             ]

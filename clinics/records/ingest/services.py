@@ -28,6 +28,7 @@ from clinics.records.storage import StoredObjects, image_key
 from clinics.records.tasks import image_derivatives_make
 from clinics.tenancy.actor import Actor
 from xcaliber.lib.background import run_after_commit
+from xcaliber.lib.prepared import PreparedInsert, PreparedQuery, field_param
 
 M = TypeVar("M", bound=Model)
 
@@ -47,9 +48,9 @@ def _race_safe(find: Callable[[], M | None], create: Callable[[], M]) -> tuple[M
 
 
 def _create_or_find(find: Callable[[], M | None], create: Callable[[], M]) -> tuple[M, bool]:
-    """Create, else find: for rows that are nearly always new (images), one INSERT in a savepoint and no
-    lookup first. A unique constraint that refuses the row (a duplicate, or a concurrent create that
-    won) names the row to find; any other integrity error is raised."""
+    """Create, else find: for rows that are nearly always new (a DICOM study just looked for), one
+    INSERT in a savepoint and no lookup first. A unique constraint that refuses the row (a duplicate, or
+    a concurrent create that won) names the row to find; any other integrity error is raised."""
     try:
         with transaction.atomic():
             return create(), True
@@ -106,6 +107,10 @@ def image_fields(received: ReceivedFile, facts: Inspected, *, view: str) -> dict
     }
 
 
+# Inside the upload's transaction: one statement, compiled once (xcaliber.lib.prepared), no savepoint.
+_IMAGE_INSERT = PreparedInsert(Image, skip_conflicts=True)
+
+
 def _store_image(
     *,
     actor: Actor,
@@ -118,7 +123,8 @@ def _store_image(
     """One image row and its object; identical bytes in the study, or a known SOP instance, is that image.
 
     ``fields`` is :func:`image_fields` of the file. The row is inserted first (images are nearly always
-    new); the unique constraint that refuses a duplicate leads to the image already there.
+    new), unless a unique constraint refuses it (a duplicate, or a concurrent upload of the same file
+    that won), which leads to the image already there; any other integrity error is raised.
     """
     sop = fields["sop_instance_uid"]
 
@@ -132,20 +138,19 @@ def _store_image(
     key = image_key(
         clinic_id=actor.clinic.id, study_id=study.id, image_id=image_id, suffix=f".{facts.extension}"
     )
-
-    def create() -> Image:
-        image = Image.objects.create(
-            id=image_id, clinic=actor.clinic, study=study, storage_key=key, created_by=actor.user, **fields
-        )
-        stored.store_file(key, received.path, content_type=facts.media_type)
-        return image
-
-    image, created = _create_or_find(find, create)
-    if created:
-        run_after_commit(image_derivatives_make, image.id)
-        events.image_stored(image)
-        image_stored.send(sender=Image, image=image, actor=actor)
-    return Stored(image, created)
+    image = Image(
+        id=image_id, clinic=actor.clinic, study=study, storage_key=key, created_by=actor.user, **fields
+    )
+    if not _IMAGE_INSERT.insert(image):
+        found = find()
+        if found is None:
+            raise IntegrityError(f"image {image_id} was refused, and no image has its bytes or SOP instance")
+        return Stored(found, False)
+    stored.store_file(key, received.path, content_type=facts.media_type)
+    run_after_commit(image_derivatives_make, image.id)
+    events.image_stored(image)
+    image_stored.send(sender=Image, image=image, actor=actor)
+    return Stored(image, True)
 
 
 def _mark_received(study: Study) -> None:
@@ -232,14 +237,22 @@ def _dicom_patient(actor: Actor, facts: Inspected) -> Patient:
     return patient
 
 
-def _dicom_study_locked(actor: Actor, uid: str) -> Study | None:
-    """The clinic's study with this StudyInstanceUID, row-locked, with its patient (one query)."""
-    return (
+# Each DICOM instance asks, inside its upload's transaction: compiled once (xcaliber.lib.prepared).
+_STUDY_BY_UID_LOCKED = PreparedQuery(
+    lambda: (
         Study.objects.select_for_update(of=("self",))
         .select_related("patient")
-        .filter(clinic=actor.clinic, dicom_study_uid=uid)
-        .first()
+        .filter(
+            clinic_id=field_param(Study, "clinic_id"), dicom_study_uid=field_param(Study, "dicom_study_uid")
+        )
+        .order_by("pk")[:1]
     )
+)
+
+
+def _dicom_study_locked(actor: Actor, uid: str) -> Study | None:
+    """The clinic's study with this StudyInstanceUID, row-locked, with its patient (one query)."""
+    return _STUDY_BY_UID_LOCKED.first(clinic_id=actor.clinic.id, dicom_study_uid=uid)
 
 
 def dicom_instances_store(*, actor: Actor, files: Sequence[ReceivedFile]) -> list[DicomStored]:
