@@ -175,6 +175,7 @@ def test_select_for_update_needs_a_transaction_where_the_database_locks_rows(cas
 
 def test_a_prepared_query_refuses_what_it_cannot_keep(db: None) -> None:
     with pytest.raises(ValueError, match="model instances"):
+        # A values() queryset, of dicts: refused, which is the point (and why the types disagree).
         PreparedQuery(lambda: ApiKey.objects.values("id")).all()  # type: ignore[arg-type, return-value, type-var]
     with pytest.raises(ValueError, match="prefetch_related"):
         PreparedQuery(lambda: Clinic.objects.prefetch_related("memberships")).all()

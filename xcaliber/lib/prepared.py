@@ -15,6 +15,8 @@ model instances, ``select_related`` objects included, as iterating the queryset 
 
 Only what a compiled query cannot change between runs is allowed: the placeholders stand for values
 (``filter(prefix=Param("prefix", field))``), not for field names, lookups or slices.
+
+:class:`PreparedInsert` does the same for a new row: the upload's image and read.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from django.db import connections
 from django.db.models import Field, Model, QuerySet
 from django.db.models.constants import OnConflict
 from django.db.models.expressions import Expression
-from django.db.models.query import ModelIterable, get_related_populators  # type: ignore[attr-defined]
+from django.db.models.query import (  # type: ignore[attr-defined]  # the stubs leave the second out
+    ModelIterable,
+    get_related_populators,
+)
 from django.db.models.sql import InsertQuery
 from django.db.transaction import TransactionManagementError
 
@@ -121,7 +126,9 @@ class PreparedQuery(Generic[M]):
     def _compile(self) -> _Compiled:
         """Django's own compile of the built queryset, kept (two threads may both compile it once)."""
         queryset = self._build()
-        if queryset._known_related_objects or queryset._prefetch_related_lookups:  # type: ignore[attr-defined]
+        # Private attributes of QuerySet, absent from the stubs.
+        related = queryset._known_related_objects  # type: ignore[attr-defined]
+        if related or queryset._prefetch_related_lookups:  # type: ignore[attr-defined]
             raise ValueError("a prepared query cannot use prefetch_related or a related manager's objects")
         if queryset._iterable_class is not ModelIterable:
             raise ValueError("a prepared query must return model instances (not values or an aggregate)")
