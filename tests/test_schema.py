@@ -100,3 +100,14 @@ def test_an_unknown_static_asset_is_404() -> None:
     response = Client().get("/static/drf_spectacular_sidecar/no-such-file.js")
 
     assert response.status_code == 404
+
+
+def test_the_upload_operations_document_a_disk_that_refuses_the_file(schema: dict[str, object]) -> None:
+    uploads = {"studies_images_add", "dicom_instances_store", "captures_create"}
+    found = {
+        operation["operationId"]: set(operation["responses"])  # type: ignore[call-overload]  # plain JSON
+        for _, _, operation in _operations(schema)
+        if operation["operationId"] in uploads
+    }
+    assert set(found) == uploads
+    assert all({"503", "507"} <= statuses for statuses in found.values())

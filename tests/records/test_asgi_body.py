@@ -4,6 +4,7 @@ and the upload adopts that file (one write, one hash); past the size cap nothing
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from clinics.records.ingest.receive import BODY_BLOCK_SIZE, HashedBody
 from clinics.records.models import Image
@@ -20,6 +22,8 @@ from tests.asgi import asgi_post
 from tests.conftest import Cast
 from tests.pagecache import cached_pages, direct_writes_work_in
 from tests.records import corpus
+from tests.records.factories import make_study, png_of, stored_keys
+from xcaliber.lib.direct_write import DirectAppender
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -161,3 +165,74 @@ def test_the_body_is_hashed_and_written_on_its_lane_not_on_the_servers_loop(
     assert received.path.read_bytes() == data
     body.close()
     received.discard()
+
+
+def _disk_refuses(monkeypatch: pytest.MonkeyPatch, code: int) -> list[int]:
+    """Every write of an upload's file fails with ``code`` (a full disk: ENOSPC); returns the tries."""
+    tries: list[int] = []
+
+    def refused(self: DirectAppender, data: memoryview) -> None:
+        tries.append(len(data))
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(DirectAppender, "_write", refused)
+    return tries
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "problem"),
+    [
+        (errno.ENOSPC, 507, b"storage_full"),
+        (errno.EDQUOT, 507, b"storage_full"),
+        (errno.EIO, 503, b"storage_unavailable"),
+    ],
+)
+def test_a_raw_body_the_disk_refuses_is_a_problem_and_leaves_nothing(
+    cast: Cast, settings: Any, monkeypatch: pytest.MonkeyPatch, code: int, status: int, problem: bytes
+) -> None:
+    tries = _disk_refuses(monkeypatch, code)
+    data = corpus.dicom_bytes(rows=1200, columns=1500, seed=7)  # 3.6 MB: spilled on the lane
+    assert len(data) > 2 * BODY_BLOCK_SIZE
+    got, content = _post(cast, data, "application/dicom", chunk=262_144)
+    assert got == status, content[:500]
+    assert problem in content
+    assert tries  # the lane did try, and the first refusal stopped it: no write after it
+    assert len(tries) == 1
+    assert Image.objects.count() == 0
+    assert stored_keys() == []
+    assert _uploads_left(settings) == []
+    monkeypatch.undo()  # the disk has room again: the server goes on serving
+    got, content = _post(cast, data, "application/dicom", chunk=262_144)
+    assert got == 201, content[:500]
+    assert Image.objects.get().digest == corpus.blake3_digest(data)
+
+
+def test_a_small_raw_body_the_disk_refuses_is_a_507_and_leaves_nothing(
+    cast: Cast, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _disk_refuses(monkeypatch, errno.ENOSPC)
+    data = corpus.dicom_bytes(rows=64, columns=64, seed=8)  # kept in memory, written by the parser
+    got, content = _post(cast, data, "application/dicom", chunk=1000)
+    assert got == 507, content[:500]
+    assert b"storage_full" in content
+    assert Image.objects.count() == 0
+    assert _uploads_left(settings) == []
+
+
+def test_a_multipart_file_the_disk_refuses_is_a_507_and_leaves_nothing(
+    cast: Cast, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = make_study(cast.clinic)
+    client = cast.client(Role.TECHNICIAN)
+    _disk_refuses(monkeypatch, errno.ENOSPC)
+    first = SimpleUploadedFile("a.png", png_of(seed=1), content_type="image/png")
+    second = SimpleUploadedFile("b.png", png_of(seed=2), content_type="image/png")
+    response = client.post(
+        f"/api/v1/studies/{study.id}/images/", {"files": [first, second]}, format="multipart"
+    )
+    assert response.status_code == 507, response.content[:500]
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "storage_full"
+    assert Image.objects.count() == 0
+    assert stored_keys() == []
+    assert _uploads_left(settings) == []

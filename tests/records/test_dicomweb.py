@@ -8,7 +8,10 @@ query-string refusals.
 
 from __future__ import annotations
 
+import errno
 import io
+import json
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +43,7 @@ from tests.records.corpus import (
     zero_bytes,
 )
 from tests.records.factories import stored_keys
+from xcaliber.lib.direct_write import DirectAppender
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -832,4 +836,28 @@ def test_chunked_stow_through_asgi(cast: Cast, settings: Any) -> None:
     result = pydicom.Dataset.from_json(content.decode())
     assert result.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dataset.SOPInstanceUID
     assert [image.sop_instance_uid for image in _dicom_images()] == [dataset.SOPInstanceUID]
+    assert _uploads_left(settings) == []
+
+
+def test_a_stow_part_the_disk_refuses_is_a_507_and_leaves_nothing(
+    cast: Cast, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(self: DirectAppender, data: memoryview) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(DirectAppender, "_write", refused)
+    body = multipart([("application/dicom", part10(instance())), ("application/dicom", part10(instance()))])
+    status, headers, content = asgi_post(
+        "/dicom-web/studies",
+        headers=[
+            (b"authorization", bearer(cast.members[Role.TECHNICIAN].user).encode()),
+            (b"content-type", f"{MULTIPART_DICOM}; boundary=xcaliber-test-boundary".encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        body=body,
+    )
+    assert status == 507, content[:500]
+    assert headers[b"Content-Type"] == b"application/problem+json"
+    assert json.loads(content)["code"] == "storage_full"
+    assert _dicom_images() == []
     assert _uploads_left(settings) == []

@@ -42,6 +42,7 @@ _TITLES: Mapping[int, str] = {
     429: "Too many requests",
     500: "Internal server error",
     503: "Service unavailable",
+    507: "Insufficient storage",
 }
 
 

@@ -32,7 +32,7 @@ from clinics.tenancy.api.base import IDEMPOTENCY_PARAMETER, ClinicAPIView, idemp
 from clinics.tenancy.models import Role
 from xcaliber.lib.serializers import represent
 
-UPLOAD_PROBLEMS = (409, 411, 413, 415, 422)
+UPLOAD_PROBLEMS = (409, 411, 413, 415, 422, 503, 507)  # 503, 507: the disk refused the file
 RAW_BODY = {
     "application/dicom": OpenApiTypes.BINARY,
     "image/jpeg": OpenApiTypes.BINARY,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import os
 import tempfile
@@ -88,6 +89,24 @@ def too_large(limit: int) -> Problem:
     )
 
 
+def not_stored(exc: OSError) -> Problem:
+    """The upload could not be written to the server's disk: 507 when the disk (or the quota) is full,
+    503 for another write error. Whoever raises it has removed what was written of the file."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Problem(
+            "The server has no room left to store this upload, and kept nothing of it. Try again later; "
+            "the server's administrator needs to free disk space.",
+            code="storage_full",
+            status=507,
+        )
+    return Problem(
+        f"The server could not write this upload to its disk ({exc.strerror or exc}) and kept nothing "
+        "of it. Try again later.",
+        code="storage_unavailable",
+        status=503,
+    )
+
+
 def display_filename(name: str | None) -> str:
     """The client's filename reduced to a harmless label: last path part, no control characters."""
     if not name:
@@ -141,10 +160,18 @@ class _HashingWriter:
         if self.size > self.limit:
             self.abort()
             raise too_large(self.limit)
-        self.appender.append((chunk,), self.hasher.update)
+        try:
+            self.appender.append((chunk,), self.hasher.update)
+        except OSError as exc:
+            self.abort()
+            raise not_stored(exc) from exc
 
     def finish(self, *, filename: str = "", content_type: str = "") -> ReceivedFile:
-        self.appender.finish()
+        try:
+            self.appender.finish()
+        except OSError as exc:
+            self.abort()
+            raise not_stored(exc) from exc
         return ReceivedFile(
             path=self.path,
             size=self.size,
@@ -264,6 +291,8 @@ class RawFileParser(BaseParser):
         body = getattr(request._request, "_stream", None)
         if isinstance(body, HashedBody) and body.overflow:
             raise too_large(limit)
+        if isinstance(body, HashedBody) and body.failed is not None:
+            raise not_stored(body.failed)
         received = None
         if isinstance(body, HashedBody) and body.tell() == 0:
             received = body.adopt(content_type=content_type, filename=filename)
@@ -278,7 +307,8 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
     *named* file in the upload directory by its lane thread once it passes a block (smaller bodies stay
     in memory), and capped at ``limit`` bytes (the rest is dropped and ``overflow`` set, so a too-large
     upload cannot fill the disk before it is refused). It holds at most a few blocks in memory, whatever
-    the body's size.
+    the body's size. A write that fails (a full disk) removes the file and sets ``failed``; the rest of
+    the body is dropped as it arrives, and the raw upload's parser refuses the upload (:func:`not_stored`).
 
     The server's loop calls :meth:`write` for each piece, :meth:`catch_up` while :attr:`backlogged`, and
     :meth:`complete` at the end; any other caller's first read, seek or tell waits for the lane itself.
@@ -301,25 +331,54 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
         self._appender: DirectAppender | None = None  # the lane's writer of the body's file
         self._finishing = False  # the last hand-over (which completes the file) is made
         self._adopted = False
+        self.failed: OSError | None = None  # a write of the lane failed: the file is gone
+        self._lane_failed = False  # set by the lane itself, which then skips the later blocks
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         if self.size + len(data) > self.limit:
             self.overflow = True
             data = data[: max(0, self.limit - self.size)]
         self.size += len(data)
+        if self.failed is not None:
+            return len(data)  # dropped: the upload is refused once the body is in
         # Kept, not copied, until the lane takes it: an immutable bytes object (what ASGI servers deliver).
         self._pending.append(data if type(data) is bytes else bytes(data))
         self._pending_size += len(data)
         if self._pending_size >= BODY_BLOCK_SIZE:
             while len(self._handed) >= MAX_BLOCKS_WAITING:  # only without an awaiting caller
-                self._handed.popleft().result()
-            self._hand_over()
+                self._collect(self._handed.popleft())
+            if self.failed is None:
+                self._hand_over()
         return len(data)
+
+    def _collect(self, handed: Future[None]) -> None:
+        """The outcome of a block handed to the lane; a failed write fails the body."""
+        try:
+            handed.result()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        """Stop writing: wait for the lane's other blocks, then drop the file and what is pending."""
+        if self.failed is None:
+            self.failed = exc
+        for handed in self._handed:
+            handed.cancel()
+        while self._handed:
+            with contextlib.suppress(Exception):
+                self._handed.popleft().result()
+        self._pending, self._pending_size = [], 0
+        if self._appender is not None:
+            self._appender.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
     def _hand_over(self, *, final: bool = False) -> None:
         pieces, self._pending, self._pending_size = self._pending, [], 0
         while self._handed and self._handed[0].done():
-            self._handed.popleft().result()  # a failed write surfaces here
+            self._collect(self._handed.popleft())  # a failed write surfaces here
+        if self.failed is not None:
+            return
         self._spilling = True
         self._finishing = final
         self._handed.append(self._lane.submit(self._absorb, pieces, final))
@@ -332,14 +391,21 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
         let go of the interpreter lock and must take it back, and under load each taking back can wait
         for another thread's switch interval. Once per block rather than once per piece (a socket read,
         a quarter of a mebibyte) halved the lanes' context switches per upload. The file is written past
-        the page cache where it can be (:func:`upload_appender`)."""
-        if self._appender is None:
-            self.rollover()
-            assert self.path is not None
-            self._appender = upload_appender(self.path)
-        self._appender.append(pieces, self._hasher.update)
-        if final:
-            self._appender.finish()
+        the page cache where it can be (:func:`upload_appender`). After a failed write the lane skips the
+        body's later blocks: the file is dropped anyway."""
+        if self._lane_failed:
+            return
+        try:
+            if self._appender is None:
+                self.rollover()
+                assert self.path is not None
+                self._appender = upload_appender(self.path)
+            self._appender.append(pieces, self._hasher.update)
+            if final:
+                self._appender.finish()
+        except OSError:
+            self._lane_failed = True
+            raise
 
     @property
     def backlogged(self) -> bool:
@@ -348,22 +414,29 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
     async def catch_up(self) -> None:
         """Wait, without blocking the loop, until fewer than MAX_BLOCKS_WAITING blocks wait."""
         while len(self._handed) >= MAX_BLOCKS_WAITING:
-            await asyncio.wrap_future(self._handed.popleft())
+            handed = self._handed.popleft()
+            with contextlib.suppress(OSError):  # collected below
+                await asyncio.wrap_future(handed)
+            self._collect(handed)
 
     async def complete(self) -> None:
         """The body is in: hand the rest over and wait, without blocking the loop, for the lane."""
-        if self._spilling and not self._finishing:
+        if self._spilling and not self._finishing and self.failed is None:
             self._hand_over(final=True)
         if self._handed:  # one lane thread runs the blocks in order: the last one done, all are
-            await asyncio.wrap_future(self._handed[-1])
+            with contextlib.suppress(OSError):  # collected by _settle
+                await asyncio.wrap_future(self._handed[-1])
         self._settle()
 
     def _settle(self) -> None:
-        """Every piece hashed and in the file (or, for a body under a block, in memory)."""
-        if self._spilling and not self._finishing:
+        """Every piece hashed and in the file (or, for a body under a block, in memory); nothing once a
+        write failed."""
+        if self._spilling and not self._finishing and self.failed is None:
             self._hand_over(final=True)
         while self._handed:
-            self._handed.popleft().result()
+            self._collect(self._handed.popleft())
+        if self.failed is not None:
+            return
         if self._pending:  # a small body: in memory, hashed here
             pieces, self._pending, self._pending_size = self._pending, [], 0
             for piece in pieces:
@@ -406,7 +479,7 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
     def adopt(self, *, content_type: str, filename: str) -> ReceivedFile | None:
         """The spilled body as a received file that outlives the request (None if it stayed in memory)."""
         self._settle()
-        if self.path is None or self.overflow:
+        if self.path is None or self.overflow or self.failed is not None:
             return None
         self._file.flush()
         self._adopted = True
