@@ -359,9 +359,15 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
             self._fail(exc)
 
     def _fail(self, exc: OSError) -> None:
-        """Stop writing: wait for the lane's other blocks, then drop the file and what is pending."""
+        """Stop writing and drop the file: the upload is refused."""
         if self.failed is None:
             self.failed = exc
+        self._stop_lane()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def _stop_lane(self) -> None:
+        """Cancel the blocks not started, let a block being written finish, close the lane's writer."""
         for handed in self._handed:
             handed.cancel()
         while self._handed:
@@ -370,8 +376,6 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
         self._pending, self._pending_size = [], 0
         if self._appender is not None:
             self._appender.close()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
 
     def _hand_over(self, *, final: bool = False) -> None:
         pieces, self._pending, self._pending_size = self._pending, [], 0
@@ -492,14 +496,7 @@ class HashedBody(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
         )
 
     def close(self) -> None:
-        for handed in self._handed:
-            handed.cancel()
-        while self._handed:  # let a block being written finish before the file closes
-            with contextlib.suppress(Exception):
-                self._handed.popleft().result()
-        self._pending = []
-        if self._appender is not None:
-            self._appender.close()
+        self._stop_lane()  # a block being written finishes before the file closes
         super().close()
         if self.path is not None and not self._adopted:
             self.path.unlink(missing_ok=True)
